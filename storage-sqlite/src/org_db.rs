@@ -1,0 +1,914 @@
+//! One org's staging database: its layout and every operation on it, as
+//! blocking functions over a [`Connection`]. `store.rs` runs them off the
+//! async runtime.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use sync_core::filter::{MembershipPlanner, validate_profile};
+use sync_core::org::EntityStatus;
+use sync_core::partition::MembershipAction;
+use sync_core::staging::{ApplyOutcome, MutationRecord, PullPage, PullPlan, PulledChange, SchemaChange};
+use sync_core::{
+    ChangePage, ChangeToken, Checksum, EntityMetadata, EntityName, Error, MutationId, OrgId, OrgStatus,
+    PartitionKey, Profile, ProfileName, RowId, Seq, SyncRunReport,
+};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::{R, StoreError};
+use crate::membership::MembershipWriter;
+use crate::sql::{ConnSettings, open, quote};
+use crate::table::{RESERVED_PREFIX, Table, VERSION_COLUMN, seq_of, version_param};
+
+/// Approximate bytes a remove op counts against a pull's byte budget, on top
+/// of its row id (as the in-memory store counts it).
+const REMOVE_OVERHEAD: usize = 8;
+
+/// The layout version written to `_sync_meta.format`.
+const FORMAT_VERSION: i64 = 1;
+
+/// Tables of an org database besides the entity tables. Every statement is
+/// idempotent, so creating an existing org keeps its data.
+const ORG_DDL: &str = "
+CREATE TABLE IF NOT EXISTS _sync_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO _sync_meta (key, value) VALUES
+    ('format', 1), ('head', 0), ('schema_version', 0), ('tombstone_floor', 0);
+CREATE TABLE IF NOT EXISTS _sync_schemas (
+    entity      TEXT PRIMARY KEY,
+    metadata    TEXT NOT NULL,
+    schema_hash TEXT NOT NULL,
+    row_count   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS _sync_profiles (
+    name    TEXT PRIMARY KEY,
+    profile TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _sync_partitions (
+    pid            INTEGER PRIMARY KEY,
+    key            TEXT NOT NULL UNIQUE,
+    checksum_sum   INTEGER NOT NULL,
+    checksum_count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _sync_membership (
+    pid     INTEGER NOT NULL,
+    entity  TEXT NOT NULL,
+    row_id  TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    removed INTEGER NOT NULL,
+    PRIMARY KEY (pid, entity, row_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS _sync_membership_by_seq ON _sync_membership (pid, seq, removed, version);
+CREATE VIEW IF NOT EXISTS _sync_membership_view AS
+    SELECT p.key AS partition, m.entity, m.row_id, m.seq, m.version, m.removed
+    FROM _sync_membership m JOIN _sync_partitions p ON p.pid = m.pid;
+CREATE TABLE IF NOT EXISTS _sync_tokens (
+    entity TEXT PRIMARY KEY,
+    token  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _sync_runs (
+    entity       TEXT PRIMARY KEY,
+    last_run     TEXT,
+    last_success TEXT,
+    last_error   TEXT,
+    last_rows    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS _sync_mutations (
+    id          TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    checkpoint  INTEGER NOT NULL
+);
+";
+
+/// Creates (or opens and completes) an org's database file.
+pub(crate) fn create_file(path: &Path, settings: &ConnSettings) -> R<()> {
+    let mut conn = open(path, settings, true, false)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(ORG_DDL)?;
+    let format = meta_get(&tx, "format")?;
+    if format != FORMAT_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "'{}' has layout version {format}; this build reads version {FORMAT_VERSION}",
+            path.display()
+        )));
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn meta_get(conn: &Connection, key: &str) -> R<i64> {
+    conn.prepare_cached("SELECT value FROM _sync_meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt(format!("_sync_meta has no '{key}'")))
+}
+
+fn meta_set(conn: &Connection, key: &str, value: i64) -> R<()> {
+    conn.prepare_cached("UPDATE _sync_meta SET value = ?2 WHERE key = ?1")?
+        .execute(rusqlite::params![key, value])?;
+    Ok(())
+}
+
+/// The org's head seq.
+pub(crate) fn head(conn: &Connection) -> R<Seq> {
+    seq_of(meta_get(conn, "head")?)
+}
+
+pub(crate) fn schema_version(conn: &Connection) -> R<u64> {
+    Ok(seq_of(meta_get(conn, "schema_version")?)?.0)
+}
+
+pub(crate) fn tombstone_floor(conn: &Connection) -> R<Seq> {
+    seq_of(meta_get(conn, "tombstone_floor")?)
+}
+
+fn corrupt_json(what: &str, e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// The staged schema of `entity`, if any.
+pub(crate) fn load_schema(conn: &Connection, entity: &str) -> R<Option<EntityMetadata>> {
+    let text: Option<String> = conn
+        .prepare_cached("SELECT metadata FROM _sync_schemas WHERE entity = ?1")?
+        .query_row([entity], |r| r.get(0))
+        .optional()?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt_json("stored schema", e))).transpose()
+}
+
+fn require_schema(conn: &Connection, entity: &EntityName) -> R<EntityMetadata> {
+    load_schema(conn, entity.as_str())?
+        .ok_or_else(|| Error::not_found(format!("entity '{entity}' is not staged")).into())
+}
+
+/// Every staged schema, ordered by entity name.
+pub(crate) fn load_schemas(conn: &Connection) -> R<Vec<EntityMetadata>> {
+    let mut stmt = conn.prepare_cached("SELECT metadata FROM _sync_schemas ORDER BY entity")?;
+    let texts = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    texts.iter().map(|t| serde_json::from_str(t).map_err(|e| corrupt_json("stored schema", e))).collect()
+}
+
+/// Every profile, ordered by name.
+pub(crate) fn load_profiles(conn: &Connection) -> R<Vec<Profile>> {
+    let mut stmt = conn.prepare_cached("SELECT profile FROM _sync_profiles ORDER BY name")?;
+    let texts = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    texts.iter().map(|t| serde_json::from_str(t).map_err(|e| corrupt_json("stored profile", e))).collect()
+}
+
+pub(crate) fn load_profile(conn: &Connection, name: &ProfileName) -> R<Option<Profile>> {
+    let text: Option<String> = conn
+        .prepare_cached("SELECT profile FROM _sync_profiles WHERE name = ?1")?
+        .query_row([name.as_str()], |r| r.get(0))
+        .optional()?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt_json("stored profile", e))).transpose()
+}
+
+/// Names this store cannot give to tables or columns.
+fn check_reserved(meta: &EntityMetadata) -> R<()> {
+    let lower = meta.name.as_str().to_ascii_lowercase();
+    if lower.starts_with(RESERVED_PREFIX) || lower.starts_with("sqlite_") {
+        return Err(Error::invalid(format!(
+            "entity name '{}' uses a prefix reserved by the SQLite store ('{RESERVED_PREFIX}' or 'sqlite_')",
+            meta.name
+        ))
+        .into());
+    }
+    if let Some(a) = meta.attributes.iter().find(|a| a.name.as_str().eq_ignore_ascii_case(VERSION_COLUMN)) {
+        return Err(Error::invalid(format!(
+            "entity '{}': attribute name '{}' is reserved by the SQLite store",
+            meta.name, a.name
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Creates or evolves an entity's table; returns what changed and the head.
+pub(crate) fn apply_schema(conn: &mut Connection, meta: &EntityMetadata) -> R<(SchemaChange, Seq)> {
+    meta.validate()?;
+    check_reserved(meta)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let old = load_schema(&tx, meta.name.as_str())?;
+    let mut head = head(&tx)?;
+    let change = match old {
+        None => {
+            let clash: Option<String> = tx
+                .prepare_cached("SELECT entity FROM _sync_schemas WHERE lower(entity) = lower(?1)")?
+                .query_row([meta.name.as_str()], |r| r.get(0))
+                .optional()?;
+            if let Some(other) = clash {
+                return Err(Error::invalid(format!(
+                    "entity '{}' differs from the staged entity '{other}' only in case; SQLite table names \
+                     are case-insensitive",
+                    meta.name
+                ))
+                .into());
+            }
+            let table = Table::new(meta.clone())?;
+            tx.execute_batch(&table.create_sql(&table.name))?;
+            if let Some(index) = table.index_sql() {
+                tx.execute_batch(&index)?;
+            }
+            tx.prepare_cached(
+                "INSERT INTO _sync_schemas (entity, metadata, schema_hash) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(rusqlite::params![
+                meta.name.as_str(),
+                serde_json::to_string(meta).map_err(|e| corrupt_json("schema", e))?,
+                meta.schema_hash()
+            ])?;
+            SchemaChange::Created
+        }
+        Some(old) if old == *meta => SchemaChange::Unchanged,
+        Some(old) => {
+            check_profiles_still_compile(&tx, meta)?;
+            evolve_table(&tx, &old, meta, &mut head)?;
+            tx.prepare_cached("UPDATE _sync_schemas SET metadata = ?2, schema_hash = ?3 WHERE entity = ?1")?
+                .execute(rusqlite::params![
+                    meta.name.as_str(),
+                    serde_json::to_string(meta).map_err(|e| corrupt_json("schema", e))?,
+                    meta.schema_hash()
+                ])?;
+            // Types and columns changed: filters may now select other rows.
+            let profiles = load_profiles(&tx)?;
+            let planner = MembershipPlanner::new(meta, &profiles)?;
+            let mut writer = MembershipWriter::default();
+            recompute_entity(&tx, meta, &planner, &mut writer, &mut head)?;
+            writer.flush(&tx)?;
+            SchemaChange::Altered
+        }
+    };
+    if change != SchemaChange::Unchanged {
+        meta_set(&tx, "schema_version", meta_get(&tx, "schema_version")? + 1)?;
+        meta_set(&tx, "head", version_param(head)?)?;
+    }
+    tx.commit()?;
+    Ok((change, head))
+}
+
+/// Every profile naming `meta.name` must still compile against the new
+/// schema; otherwise the schema change is refused and nothing changes.
+fn check_profiles_still_compile(tx: &Transaction<'_>, meta: &EntityMetadata) -> R<()> {
+    let mut schemas = load_schemas(tx)?;
+    if let Some(slot) = schemas.iter_mut().find(|m| m.name == meta.name) {
+        *slot = meta.clone();
+    }
+    for profile in load_profiles(tx)? {
+        if profile.items.iter().any(|i| i.entity == meta.name) {
+            validate_profile(&profile, &schemas).map_err(|e| {
+                Error::invalid(format!(
+                    "the new schema of '{}' breaks profile '{}' ({e}); change the profile first",
+                    meta.name, profile.name
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Brings the table of `old` to `new`: a changed primary key (name or type)
+/// re-creates the table, which is refused (`InvalidInput`) while rows are
+/// staged; a changed type rebuilds it, converting values with [`sync_core::Value::coerce`]
+/// (values that do not convert become null, and rows whose values changed
+/// get a new version so devices fetch them again); added and removed
+/// attributes become `ALTER TABLE … ADD / DROP COLUMN`.
+fn evolve_table(tx: &Transaction<'_>, old: &EntityMetadata, new: &EntityMetadata, head: &mut Seq) -> R<()> {
+    let old_table = Table::new(old.clone())?;
+    let new_table = Table::new(new.clone())?;
+    let key_changed = old.primary_key != new.primary_key || old.key_type()? != new.key_type()?;
+    if key_changed {
+        let staged: bool =
+            tx.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {})", old_table.name), [], |r| r.get(0))?;
+        if staged {
+            return Err(Error::invalid(format!(
+                "entity '{}': the primary key cannot change from {} ({}) to {} ({}) while rows are staged",
+                new.name,
+                old.primary_key,
+                old.key_type()?.name(),
+                new.primary_key,
+                new.key_type()?.name()
+            ))
+            .into());
+        }
+        tx.execute_batch(&format!("DROP TABLE {};", old_table.name))?;
+        tx.execute_batch(&new_table.create_sql(&new_table.name))?;
+        if let Some(index) = new_table.index_sql() {
+            tx.execute_batch(&index)?;
+        }
+        return Ok(());
+    }
+    let retyped: Vec<&sync_core::Attribute> = new
+        .attributes
+        .iter()
+        .filter(|a| old.attribute(a.name.as_str()).is_some_and(|o| o.ty != a.ty))
+        .collect();
+    if retyped.is_empty() {
+        for a in &old.attributes {
+            if new.attribute(a.name.as_str()).is_none() {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {} DROP COLUMN {};",
+                    old_table.name,
+                    quote(a.name.as_str())
+                ))?;
+            }
+        }
+        for a in &new.attributes {
+            if old.attribute(a.name.as_str()).is_none() {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {} ADD COLUMN {} {};",
+                    old_table.name,
+                    quote(a.name.as_str()),
+                    crate::sql::column_type(&a.ty)
+                ))?;
+            }
+        }
+        return Ok(());
+    }
+    // Rebuild: copy every row into a table of the new shape, then swap.
+    let scratch = quote(&format!("{RESERVED_PREFIX}rebuild"));
+    tx.execute_batch(&format!("DROP TABLE IF EXISTS {scratch};"))?;
+    tx.execute_batch(&new_table.create_sql(&scratch))?;
+    {
+        let mut read = tx.prepare(&old_table.select_all_sql())?;
+        let mut insert = tx.prepare(&new_table.insert_sql(&scratch))?;
+        let mut rows = read.query([])?;
+        while let Some(r) = rows.next()? {
+            let staged = old_table.decode_row(r)?;
+            let mut values = BTreeMap::new();
+            let mut changed = false;
+            for a in &new.attributes {
+                let v = staged.row.values.get(&a.name).cloned().unwrap_or(sync_core::Value::Null);
+                let converted = match old.attribute(a.name.as_str()) {
+                    Some(o) if o.ty != a.ty => {
+                        let c = v.clone().coerce(&a.ty).unwrap_or(sync_core::Value::Null);
+                        changed |= c != v;
+                        c
+                    }
+                    Some(_) => v,
+                    None => sync_core::Value::Null,
+                };
+                values.insert(a.name.clone(), converted);
+            }
+            let version = if changed {
+                *head = head.next();
+                *head
+            } else {
+                staged.version
+            };
+            let row = sync_core::Row { id: staged.row.id, values };
+            new_table.bind_row(&mut insert, &row, version)?;
+            insert.raw_execute()?;
+        }
+    }
+    tx.execute_batch(&format!(
+        "DROP TABLE {}; ALTER TABLE {scratch} RENAME TO {};",
+        old_table.name, new_table.name
+    ))?;
+    if let Some(index) = new_table.index_sql() {
+        tx.execute_batch(&index)?;
+    }
+    Ok(())
+}
+
+/// Makes the membership of `meta.name` equal `planner` applied to every
+/// staged row: missing or stale puts are written (one new seq per row that
+/// gets any), entries of partitions a row is no longer in (or of rows that
+/// are gone) become removes (a new seq each).
+fn recompute_entity(
+    tx: &Transaction<'_>,
+    meta: &EntityMetadata,
+    planner: &MembershipPlanner,
+    writer: &mut MembershipWriter,
+    head: &mut Seq,
+) -> R<()> {
+    let table = Table::new(meta.clone())?;
+    let entity = &meta.name;
+    // Pass 1: every row is in each partition the planner names, at its version.
+    {
+        let mut stmt = tx.prepare(&table.select_all_sql())?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let staged = table.decode_row(r)?;
+            let mut seq = None;
+            for key in planner.partitions(&staged.row) {
+                let pid = writer.pid(tx, &key)?;
+                if !MembershipWriter::is_member_at(tx, pid, entity, &staged.row.id, staged.version)? {
+                    // One new seq per row that gets ops.
+                    let seq = *seq.get_or_insert_with(|| {
+                        *head = head.next();
+                        *head
+                    });
+                    writer.put(tx, pid, entity, &staged.row.id, seq, staged.version)?;
+                }
+            }
+        }
+    }
+    // Pass 2: every live entry of the entity is still wanted.
+    let pids: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare("SELECT pid, key FROM _sync_partitions ORDER BY pid")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+    };
+    const CHUNK: i64 = 1000;
+    for (pid, key) in pids {
+        let mut after = String::new();
+        loop {
+            let ids: Vec<String> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT row_id FROM _sync_membership WHERE pid = ?1 AND entity = ?2 AND row_id > ?3 \
+                     AND removed = 0 ORDER BY row_id LIMIT ?4",
+                )?;
+                stmt.query_map(rusqlite::params![pid, entity.as_str(), after, CHUNK], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            };
+            let Some(last) = ids.last() else { break };
+            after = last.clone();
+            for id in &ids {
+                let id = RowId::new(id.as_str()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let stored = table.canonical_key(&id);
+                let wanted = match stored.map(|k| table.get_by_key(tx, k)).transpose()?.flatten() {
+                    Some(staged) => planner.partitions(&staged.row).iter().any(|k| k.as_str() == key),
+                    None => false,
+                };
+                if !wanted {
+                    *head = head.next();
+                    writer.remove(tx, pid, entity, &id, *head)?;
+                }
+            }
+            if (ids.len() as i64) < CHUNK {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stages one change page in one transaction (see [`sync_core::OrgStaging::apply_changes`]).
+pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: ChangePage) -> R<ApplyOutcome> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let meta = require_schema(&tx, entity)?;
+    let rows = page
+        .upserts
+        .into_iter()
+        .map(|row| {
+            let id = row.id.clone();
+            meta.check_row(row).map_err(|e| Error::invalid(format!("entity '{entity}', row '{id}': {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let deletes = page
+        .deletes
+        .iter()
+        .map(|id| {
+            meta.parse_row_id(id.as_str())
+                .map_err(|e| Error::invalid(format!("entity '{entity}', deleted id '{id}': {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let profiles = load_profiles(&tx)?;
+    let planner = MembershipPlanner::new(&meta, &profiles)?;
+    let table = Table::new(meta)?;
+    let mut head = head(&tx)?;
+    let mut outcome = ApplyOutcome::default();
+    let mut writer = MembershipWriter::default();
+    let mut row_delta: i64 = 0;
+    {
+        let mut insert = tx.prepare_cached(&table.insert_sql(&table.name))?;
+        let mut update = tx.prepare_cached(&table.update_sql())?;
+        let mut delete = tx.prepare_cached(&table.delete_sql())?;
+        for row in &rows {
+            let prev = match table.canonical_key(&row.id) {
+                Some(key) => table.get_by_key(&tx, key)?,
+                None => None,
+            };
+            if let Some(p) = &prev
+                && p.row.values == row.values
+            {
+                outcome.unchanged += 1;
+                continue;
+            }
+            head = head.next();
+            let stmt = if prev.is_some() { &mut update } else { &mut insert };
+            table.bind_row(stmt, row, head)?;
+            stmt.raw_execute()?;
+            if prev.is_none() {
+                row_delta += 1;
+            }
+            outcome.upserted += 1;
+            apply_ops(&tx, &planner, &mut writer, entity, prev.as_ref().map(|p| &p.row), Some(row), head)?;
+        }
+        for id in &deletes {
+            let Some(key) = table.canonical_key(id) else { continue };
+            let Some(prev) = table.get_by_key(&tx, key.clone())? else { continue };
+            head = head.next();
+            delete.execute([key])?;
+            row_delta -= 1;
+            outcome.deleted += 1;
+            apply_ops(&tx, &planner, &mut writer, entity, Some(&prev.row), None, head)?;
+        }
+    }
+    writer.flush(&tx)?;
+    if row_delta != 0 {
+        tx.prepare_cached("UPDATE _sync_schemas SET row_count = row_count + ?2 WHERE entity = ?1")?
+            .execute(rusqlite::params![entity.as_str(), row_delta])?;
+    }
+    if let Some(token) = &page.next_token {
+        tx.prepare_cached(
+            "INSERT INTO _sync_tokens (entity, token) VALUES (?1, ?2) \
+             ON CONFLICT (entity) DO UPDATE SET token = excluded.token",
+        )?
+        .execute(rusqlite::params![entity.as_str(), token.0])?;
+    }
+    meta_set(&tx, "head", version_param(head)?)?;
+    tx.commit()?;
+    outcome.head = head;
+    Ok(outcome)
+}
+
+fn apply_ops(
+    tx: &Transaction<'_>,
+    planner: &MembershipPlanner,
+    writer: &mut MembershipWriter,
+    entity: &EntityName,
+    previous: Option<&sync_core::Row>,
+    new: Option<&sync_core::Row>,
+    seq: Seq,
+) -> R<()> {
+    let Some(id) = new.or(previous).map(|r| &r.id) else { return Ok(()) };
+    for op in planner.plan(previous, new) {
+        let pid = writer.pid(tx, &op.partition)?;
+        match op.action {
+            MembershipAction::Put => writer.put(tx, pid, entity, id, seq, seq)?,
+            MembershipAction::Remove => {
+                writer.remove(tx, pid, entity, id, seq)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Saves a profile and recomputes membership of the entities it names.
+pub(crate) fn put_profile(conn: &mut Connection, profile: &Profile) -> R<Seq> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let schemas = load_schemas(&tx)?;
+    validate_profile(profile, &schemas)?;
+    let old = load_profile(&tx, &profile.name)?;
+    tx.prepare_cached(
+        "INSERT INTO _sync_profiles (name, profile) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET profile = excluded.profile",
+    )?
+    .execute(rusqlite::params![
+        profile.name.as_str(),
+        serde_json::to_string(profile).map_err(|e| corrupt_json("profile", e))?
+    ])?;
+    let mut entities: BTreeSet<EntityName> = profile.items.iter().map(|i| i.entity.clone()).collect();
+    if let Some(old) = &old {
+        entities.extend(old.items.iter().map(|i| i.entity.clone()));
+    }
+    let head = recompute(&tx, &schemas, &entities)?;
+    tx.commit()?;
+    Ok(head)
+}
+
+/// Deletes a profile and removes its partitions' members.
+pub(crate) fn delete_profile(conn: &mut Connection, name: &ProfileName) -> R<Seq> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let Some(old) = load_profile(&tx, name)? else {
+        return Err(Error::not_found(format!("profile '{name}'")).into());
+    };
+    tx.prepare_cached("DELETE FROM _sync_profiles WHERE name = ?1")?.execute([name.as_str()])?;
+    let schemas = load_schemas(&tx)?;
+    let entities: BTreeSet<EntityName> = old.items.iter().map(|i| i.entity.clone()).collect();
+    let head = recompute(&tx, &schemas, &entities)?;
+    tx.commit()?;
+    Ok(head)
+}
+
+fn recompute(tx: &Transaction<'_>, schemas: &[EntityMetadata], entities: &BTreeSet<EntityName>) -> R<Seq> {
+    let profiles = load_profiles(tx)?;
+    let mut head = head(tx)?;
+    let mut writer = MembershipWriter::default();
+    for meta in schemas.iter().filter(|m| entities.contains(&m.name)) {
+        let planner = MembershipPlanner::new(meta, &profiles)?;
+        recompute_entity(tx, meta, &planner, &mut writer, &mut head)?;
+    }
+    writer.flush(tx)?;
+    meta_set(tx, "head", version_param(head)?)?;
+    Ok(head)
+}
+
+/// Reads a pull page from one snapshot.
+pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
+    let tx = conn.transaction()?;
+    let head = head(&tx)?;
+    let floor = tombstone_floor(&tx)?;
+    let mut seen = BTreeSet::new();
+    for (key, pos) in &plan.partitions {
+        if !seen.insert(key) {
+            return Err(Error::invalid(format!("partition '{key}' is planned twice")).into());
+        }
+        if *pos > head {
+            return Err(Error::resync(format!(
+                "position {pos} of partition '{key}' is beyond the head {head}"
+            ))
+            .into());
+        }
+        if *pos != Seq::ZERO && *pos < floor {
+            return Err(Error::resync(format!(
+                "position {pos} of partition '{key}' is below the tombstone floor {floor}; removes it \
+                 needs were purged"
+            ))
+            .into());
+        }
+    }
+    let max_rows = plan.max_rows.max(1);
+    let mut tables: HashMap<String, Table> = HashMap::new();
+    let mut changes: Vec<PulledChange> = Vec::new();
+    let mut positions = Vec::with_capacity(plan.partitions.len());
+    let mut bytes = 0usize;
+    let mut more = false;
+    let pid_of = |key: &PartitionKey| -> R<Option<i64>> {
+        Ok(tx
+            .prepare_cached("SELECT pid FROM _sync_partitions WHERE key = ?1")?
+            .query_row([key.as_str()], |r| r.get(0))
+            .optional()?)
+    };
+    for (key, pos) in &plan.partitions {
+        if more {
+            positions.push((key.clone(), *pos));
+            continue;
+        }
+        let Some(pid) = pid_of(key)? else {
+            positions.push((key.clone(), head));
+            continue;
+        };
+        let mut last = *pos;
+        let remaining = max_rows.saturating_sub(changes.len());
+        let mut stmt = tx.prepare_cached(
+            "SELECT seq, entity, row_id, removed FROM _sync_membership \
+             WHERE pid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(rusqlite::params![pid, version_param(*pos)?, (remaining + 1) as i64])?;
+        while let Some(r) = rows.next()? {
+            if changes.len() >= max_rows {
+                more = true;
+                break;
+            }
+            let seq = seq_of(r.get(0)?)?;
+            let entity_text: String = r.get(1)?;
+            let row_id =
+                RowId::new(r.get::<_, String>(2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let removed: bool = r.get(3)?;
+            let entity =
+                EntityName::new(entity_text.as_str()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let (row, size) = if removed {
+                (None, row_id.as_str().len() + REMOVE_OVERHEAD)
+            } else {
+                if !tables.contains_key(&entity_text) {
+                    let meta = load_schema(&tx, &entity_text)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("membership names the unstaged entity '{entity_text}'"))
+                    })?;
+                    tables.insert(entity_text.clone(), Table::new(meta)?);
+                }
+                let table =
+                    tables.get(&entity_text).ok_or_else(|| StoreError::Corrupt(entity_text.clone()))?;
+                let stored = table.canonical_key(&row_id);
+                let staged =
+                    stored.map(|k| table.get_by_key(&tx, k)).transpose()?.flatten().ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "partition '{key}' holds '{entity}/{row_id}', which is not staged"
+                        ))
+                    })?;
+                let size = staged.row.approx_size();
+                (Some(staged), size)
+            };
+            if !changes.is_empty() && bytes + size > plan.max_bytes {
+                more = true;
+                break;
+            }
+            bytes += size;
+            last = seq;
+            changes.push(PulledChange { partition: key.clone(), entity, row_id, seq, row });
+        }
+        positions.push((key.clone(), if more { last } else { head }));
+    }
+    let checksums = if more {
+        None
+    } else {
+        let mut map = BTreeMap::new();
+        for (key, _) in &plan.partitions {
+            map.insert(key.clone(), checksum(&tx, key)?);
+        }
+        Some(map)
+    };
+    tx.commit()?;
+    Ok(PullPage { changes, positions, more, head, checksums })
+}
+
+fn checksum(conn: &Connection, key: &PartitionKey) -> R<Checksum> {
+    let found: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT checksum_sum, checksum_count FROM _sync_partitions WHERE key = ?1")?
+        .query_row([key.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match found {
+        Some((sum, count)) => Checksum {
+            sum: u32::try_from(sum).map_err(|_| StoreError::Corrupt(format!("checksum {sum} of '{key}'")))?,
+            count: u64::try_from(count)
+                .map_err(|_| StoreError::Corrupt(format!("count {count} of '{key}'")))?,
+        },
+        None => Checksum::default(),
+    })
+}
+
+/// The committed source token of `entity`.
+pub(crate) fn source_token(conn: &Connection, entity: &EntityName) -> R<Option<ChangeToken>> {
+    Ok(conn
+        .prepare_cached("SELECT token FROM _sync_tokens WHERE entity = ?1")?
+        .query_row([entity.as_str()], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(ChangeToken))
+}
+
+/// The staged row `id` of `entity`.
+pub(crate) fn row(conn: &Connection, entity: &EntityName, id: &RowId) -> R<Option<sync_core::StagedRow>> {
+    let meta = require_schema(conn, entity)?;
+    Table::new(meta)?.get(conn, id)
+}
+
+/// Staged ids of `entity` after `after`, ascending.
+pub(crate) fn row_ids(
+    conn: &Connection,
+    entity: &EntityName,
+    after: Option<&RowId>,
+    limit: usize,
+) -> R<Vec<RowId>> {
+    let table = Table::new(require_schema(conn, entity)?)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(&table.ids_after_sql(after.is_some()))?;
+    let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<String> {
+        Ok(match r.get_ref(0)? {
+            rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+            _ => r.get(0)?,
+        })
+    };
+    let ids: Vec<String> = match after {
+        Some(a) => stmt.query_map(rusqlite::params![a.as_str(), limit], read)?.collect::<Result<_, _>>()?,
+        None => stmt.query_map([limit], read)?.collect::<Result<_, _>>()?,
+    };
+    ids.into_iter().map(|s| RowId::new(s).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
+}
+
+/// Deletes remove-entries at or below `up_to` and raises the floor.
+pub(crate) fn purge_tombstones(conn: &mut Connection, up_to: Seq) -> R<u64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let head = head(&tx)?;
+    let up_to = up_to.min(head);
+    let pids: Vec<i64> = {
+        let mut stmt = tx.prepare("SELECT pid FROM _sync_partitions")?;
+        stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+    };
+    let mut deleted = 0u64;
+    {
+        let mut stmt =
+            tx.prepare_cached("DELETE FROM _sync_membership WHERE pid = ?1 AND seq <= ?2 AND removed = 1")?;
+        for pid in pids {
+            deleted += stmt.execute(rusqlite::params![pid, version_param(up_to)?])? as u64;
+        }
+    }
+    if up_to > tombstone_floor(&tx)? {
+        meta_set(&tx, "tombstone_floor", version_param(up_to)?)?;
+    }
+    tx.commit()?;
+    Ok(deleted)
+}
+
+pub(crate) fn mutation_result(conn: &Connection, id: &MutationId) -> R<Option<MutationRecord>> {
+    let found: Option<(String, String, i64)> = conn
+        .prepare_cached("SELECT fingerprint, outcome, checkpoint FROM _sync_mutations WHERE id = ?1")?
+        .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    found
+        .map(|(fingerprint, outcome, checkpoint)| {
+            Ok(MutationRecord {
+                fingerprint,
+                outcome: serde_json::from_str(&outcome)
+                    .map_err(|e| corrupt_json("stored mutation outcome", e))?,
+                checkpoint: seq_of(checkpoint)?,
+            })
+        })
+        .transpose()
+}
+
+pub(crate) fn record_mutation(conn: &mut Connection, id: &MutationId, record: &MutationRecord) -> R<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let existing: Option<String> = tx
+        .prepare_cached("SELECT fingerprint FROM _sync_mutations WHERE id = ?1")?
+        .query_row([id.to_string()], |r| r.get(0))
+        .optional()?;
+    match existing {
+        Some(fp) if fp == record.fingerprint => {}
+        Some(_) => {
+            return Err(
+                Error::conflict(format!("mutation {id} was recorded before with different content")).into()
+            );
+        }
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO _sync_mutations (id, fingerprint, outcome, checkpoint) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(rusqlite::params![
+                id.to_string(),
+                record.fingerprint,
+                serde_json::to_string(&record.outcome).map_err(|e| corrupt_json("mutation outcome", e))?,
+                version_param(record.checkpoint)?
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn rfc3339(t: OffsetDateTime) -> R<String> {
+    t.format(&Rfc3339).map_err(|e| StoreError::Corrupt(format!("datetime {t}: {e}")))
+}
+
+fn parse_time(s: Option<String>) -> R<Option<OffsetDateTime>> {
+    s.map(|s| {
+        OffsetDateTime::parse(&s, &Rfc3339)
+            .map_err(|e| StoreError::Corrupt(format!("stored time {s:?}: {e}")))
+    })
+    .transpose()
+}
+
+pub(crate) fn record_run(conn: &mut Connection, report: &SyncRunReport) -> R<()> {
+    let at = rfc3339(report.at)?;
+    let success = report.error.is_none().then(|| at.clone());
+    conn.prepare_cached(
+        "INSERT INTO _sync_runs (entity, last_run, last_success, last_error, last_rows) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (entity) DO UPDATE SET last_run = excluded.last_run, \
+         last_success = coalesce(excluded.last_success, last_success), \
+         last_error = excluded.last_error, last_rows = excluded.last_rows",
+    )?
+    .execute(rusqlite::params![
+        report.entity.as_str(),
+        at,
+        success,
+        report.error,
+        i64::try_from(report.rows_applied).unwrap_or(i64::MAX)
+    ])?;
+    Ok(())
+}
+
+type RunRow = (Option<String>, Option<String>, Option<String>, i64);
+
+pub(crate) fn status(conn: &mut Connection, org: &OrgId) -> R<OrgStatus> {
+    let tx = conn.transaction()?;
+    let head = head(&tx)?;
+    let schema_version = schema_version(&tx)?;
+    let mut hashes: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    {
+        let mut stmt = tx.prepare("SELECT entity, schema_hash, row_count FROM _sync_schemas")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            hashes.insert(r.get(0)?, (r.get(1)?, r.get(2)?));
+        }
+    }
+    let mut runs: BTreeMap<String, RunRow> = BTreeMap::new();
+    {
+        let mut stmt =
+            tx.prepare("SELECT entity, last_run, last_success, last_error, last_rows FROM _sync_runs")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            runs.insert(r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?));
+        }
+    }
+    let mut tokens: BTreeMap<String, String> = BTreeMap::new();
+    {
+        let mut stmt = tx.prepare("SELECT entity, token FROM _sync_tokens")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            tokens.insert(r.get(0)?, r.get(1)?);
+        }
+    }
+    let names: BTreeSet<String> = hashes.keys().chain(runs.keys()).cloned().collect();
+    let mut entities = Vec::with_capacity(names.len());
+    for name in names {
+        let (schema_hash, rows) = hashes.get(&name).cloned().unwrap_or_default();
+        let (last_run, last_success, last_error, last_rows) =
+            runs.remove(&name).unwrap_or((None, None, None, 0));
+        entities.push(EntityStatus {
+            entity: EntityName::new(name.as_str()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            schema_hash,
+            rows: u64::try_from(rows).unwrap_or(0),
+            token: tokens.remove(&name).map(ChangeToken),
+            last_run: parse_time(last_run)?,
+            last_success: parse_time(last_success)?,
+            last_error,
+            last_rows: u64::try_from(last_rows).unwrap_or(0),
+        });
+    }
+    tx.commit()?;
+    Ok(OrgStatus { org: org.clone(), schema_version, head, entities })
+}
