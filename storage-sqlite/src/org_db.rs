@@ -8,7 +8,6 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use sync_core::filter::{MembershipPlanner, validate_profile};
 use sync_core::org::EntityStatus;
-use sync_core::partition::MembershipAction;
 use sync_core::staging::{ApplyOutcome, MutationRecord, PullPage, PullPlan, PulledChange, SchemaChange};
 use sync_core::{
     ChangePage, ChangeToken, Checksum, EntityMetadata, EntityName, Error, MutationId, OrgId, OrgStatus,
@@ -19,8 +18,11 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::error::{R, StoreError};
 use crate::membership::MembershipWriter;
+use crate::membership::{Member, PartRef, Parts};
 use crate::sql::{ConnSettings, open, quote};
-use crate::table::{RESERVED_PREFIX, Table, VERSION_COLUMN, seq_of, version_param};
+use crate::table::{
+    PARTS_COLUMN, RESERVED_PREFIX, RID_COLUMN, Stored, Table, VERSION_COLUMN, seq_of, version_param,
+};
 
 /// Approximate bytes a remove op counts against a pull's byte budget, on top
 /// of its row id (as the in-memory store counts it).
@@ -39,10 +41,12 @@ CREATE TABLE IF NOT EXISTS _sync_meta (
 INSERT OR IGNORE INTO _sync_meta (key, value) VALUES
     ('format', 1), ('head', 0), ('schema_version', 0), ('tombstone_floor', 0);
 CREATE TABLE IF NOT EXISTS _sync_schemas (
-    entity      TEXT PRIMARY KEY,
+    eid         INTEGER PRIMARY KEY,
+    entity      TEXT NOT NULL UNIQUE,
     metadata    TEXT NOT NULL,
     schema_hash TEXT NOT NULL,
-    row_count   INTEGER NOT NULL DEFAULT 0
+    row_count   INTEGER NOT NULL DEFAULT 0,
+    next_rid    INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS _sync_profiles (
     name    TEXT PRIMARY KEY,
@@ -52,21 +56,25 @@ CREATE TABLE IF NOT EXISTS _sync_partitions (
     pid            INTEGER PRIMARY KEY,
     key            TEXT NOT NULL UNIQUE,
     checksum_sum   INTEGER NOT NULL,
-    checksum_count INTEGER NOT NULL
+    checksum_count INTEGER NOT NULL,
+    eid            INTEGER,
+    mixed          INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS _sync_membership (
     pid     INTEGER NOT NULL,
-    entity  TEXT NOT NULL,
-    row_id  TEXT NOT NULL,
     seq     INTEGER NOT NULL,
+    eid     INTEGER NOT NULL,
+    rid     INTEGER NOT NULL,
+    row_id  TEXT NOT NULL,
     version INTEGER NOT NULL,
     removed INTEGER NOT NULL,
-    PRIMARY KEY (pid, entity, row_id)
+    PRIMARY KEY (pid, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS _sync_membership_by_seq ON _sync_membership (pid, seq, removed, version);
 CREATE VIEW IF NOT EXISTS _sync_membership_view AS
-    SELECT p.key AS partition, m.entity, m.row_id, m.seq, m.version, m.removed
-    FROM _sync_membership m JOIN _sync_partitions p ON p.pid = m.pid;
+    SELECT p.key AS partition, s.entity, m.row_id, m.seq, m.version, m.removed
+    FROM _sync_membership m
+    JOIN _sync_partitions p ON p.pid = m.pid
+    JOIN _sync_schemas s ON s.eid = m.eid;
 CREATE TABLE IF NOT EXISTS _sync_tokens (
     entity TEXT PRIMARY KEY,
     token  TEXT NOT NULL
@@ -132,16 +140,36 @@ fn corrupt_json(what: &str, e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-/// The staged schema of `entity`, if any.
-pub(crate) fn load_schema(conn: &Connection, entity: &str) -> R<Option<EntityMetadata>> {
-    let text: Option<String> = conn
-        .prepare_cached("SELECT metadata FROM _sync_schemas WHERE entity = ?1")?
-        .query_row([entity], |r| r.get(0))
-        .optional()?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt_json("stored schema", e))).transpose()
+/// A staged entity: its id in this database and its schema.
+pub(crate) struct Staged {
+    pub(crate) eid: i64,
+    pub(crate) meta: EntityMetadata,
 }
 
-fn require_schema(conn: &Connection, entity: &EntityName) -> R<EntityMetadata> {
+fn parse_schema(text: &str) -> R<EntityMetadata> {
+    serde_json::from_str(text).map_err(|e| corrupt_json("stored schema", e))
+}
+
+/// The staged schema of `entity`, if any.
+pub(crate) fn load_schema(conn: &Connection, entity: &str) -> R<Option<Staged>> {
+    let found: Option<(i64, String)> = conn
+        .prepare_cached("SELECT eid, metadata FROM _sync_schemas WHERE entity = ?1")?
+        .query_row([entity], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    found.map(|(eid, text)| Ok(Staged { eid, meta: parse_schema(&text)? })).transpose()
+}
+
+/// The staged schema with id `eid`.
+fn load_schema_by_id(conn: &Connection, eid: i64) -> R<Staged> {
+    let text: String = conn
+        .prepare_cached("SELECT metadata FROM _sync_schemas WHERE eid = ?1")?
+        .query_row([eid], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt(format!("membership names the unknown entity id {eid}")))?;
+    Ok(Staged { eid, meta: parse_schema(&text)? })
+}
+
+fn require_schema(conn: &Connection, entity: &EntityName) -> R<Staged> {
     load_schema(conn, entity.as_str())?
         .ok_or_else(|| Error::not_found(format!("entity '{entity}' is not staged")).into())
 }
@@ -150,7 +178,7 @@ fn require_schema(conn: &Connection, entity: &EntityName) -> R<EntityMetadata> {
 pub(crate) fn load_schemas(conn: &Connection) -> R<Vec<EntityMetadata>> {
     let mut stmt = conn.prepare_cached("SELECT metadata FROM _sync_schemas ORDER BY entity")?;
     let texts = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
-    texts.iter().map(|t| serde_json::from_str(t).map_err(|e| corrupt_json("stored schema", e))).collect()
+    texts.iter().map(|t| parse_schema(t)).collect()
 }
 
 /// Every profile, ordered by name.
@@ -178,7 +206,9 @@ fn check_reserved(meta: &EntityMetadata) -> R<()> {
         ))
         .into());
     }
-    if let Some(a) = meta.attributes.iter().find(|a| a.name.as_str().eq_ignore_ascii_case(VERSION_COLUMN)) {
+    if let Some(a) = meta.attributes.iter().find(|a| {
+        [VERSION_COLUMN, RID_COLUMN, PARTS_COLUMN].iter().any(|r| a.name.as_str().eq_ignore_ascii_case(r))
+    }) {
         return Err(Error::invalid(format!(
             "entity '{}': attribute name '{}' is reserved by the SQLite store",
             meta.name, a.name
@@ -224,22 +254,23 @@ pub(crate) fn apply_schema(conn: &mut Connection, meta: &EntityMetadata) -> R<(S
             ])?;
             SchemaChange::Created
         }
-        Some(old) if old == *meta => SchemaChange::Unchanged,
+        Some(old) if old.meta == *meta => SchemaChange::Unchanged,
         Some(old) => {
             check_profiles_still_compile(&tx, meta)?;
-            evolve_table(&tx, &old, meta, &mut head)?;
-            tx.prepare_cached("UPDATE _sync_schemas SET metadata = ?2, schema_hash = ?3 WHERE entity = ?1")?
+            evolve_table(&tx, &old.meta, meta, &mut head)?;
+            tx.prepare_cached("UPDATE _sync_schemas SET metadata = ?2, schema_hash = ?3 WHERE eid = ?1")?
                 .execute(rusqlite::params![
-                    meta.name.as_str(),
+                    old.eid,
                     serde_json::to_string(meta).map_err(|e| corrupt_json("schema", e))?,
                     meta.schema_hash()
                 ])?;
             // Types and columns changed: filters may now select other rows.
             let profiles = load_profiles(&tx)?;
             let planner = MembershipPlanner::new(meta, &profiles)?;
-            let mut writer = MembershipWriter::default();
-            recompute_entity(&tx, meta, &planner, &mut writer, &mut head)?;
-            writer.flush(&tx)?;
+            let mut writer = MembershipWriter::new(&tx)?;
+            let staged = Staged { eid: old.eid, meta: meta.clone() };
+            recompute_entity(&tx, &staged, &planner, &mut writer, &mut head)?;
+            writer.flush()?;
             SchemaChange::Altered
         }
     };
@@ -273,10 +304,11 @@ fn check_profiles_still_compile(tx: &Transaction<'_>, meta: &EntityMetadata) -> 
 
 /// Brings the table of `old` to `new`: a changed primary key (name or type)
 /// re-creates the table, which is refused (`InvalidInput`) while rows are
-/// staged; a changed type rebuilds it, converting values with [`sync_core::Value::coerce`]
-/// (values that do not convert become null, and rows whose values changed
-/// get a new version so devices fetch them again); added and removed
-/// attributes become `ALTER TABLE … ADD / DROP COLUMN`.
+/// staged; a changed type rebuilds it, converting values with
+/// [`sync_core::Value::coerce`] (values that do not convert become null, and
+/// rows whose values changed get a new version so devices fetch them
+/// again); added and removed attributes become `ALTER TABLE … ADD / DROP
+/// COLUMN`. Row numbers are kept, so membership stays attached.
 fn evolve_table(tx: &Transaction<'_>, old: &EntityMetadata, new: &EntityMetadata, head: &mut Seq) -> R<()> {
     let old_table = Table::new(old.clone())?;
     let new_table = Table::new(new.clone())?;
@@ -302,12 +334,8 @@ fn evolve_table(tx: &Transaction<'_>, old: &EntityMetadata, new: &EntityMetadata
         }
         return Ok(());
     }
-    let retyped: Vec<&sync_core::Attribute> = new
-        .attributes
-        .iter()
-        .filter(|a| old.attribute(a.name.as_str()).is_some_and(|o| o.ty != a.ty))
-        .collect();
-    if retyped.is_empty() {
+    let retyped = new.attributes.iter().any(|a| old.attribute(a.name.as_str()).is_some_and(|o| o.ty != a.ty));
+    if !retyped {
         for a in &old.attributes {
             if new.attribute(a.name.as_str()).is_none() {
                 tx.execute_batch(&format!(
@@ -338,7 +366,7 @@ fn evolve_table(tx: &Transaction<'_>, old: &EntityMetadata, new: &EntityMetadata
         let mut insert = tx.prepare(&new_table.insert_sql(&scratch))?;
         let mut rows = read.query([])?;
         while let Some(r) = rows.next()? {
-            let staged = old_table.decode_row(r)?;
+            let Stored { rid, staged, parts } = old_table.decode_row(r)?;
             let mut values = BTreeMap::new();
             let mut changed = false;
             for a in &new.attributes {
@@ -361,7 +389,7 @@ fn evolve_table(tx: &Transaction<'_>, old: &EntityMetadata, new: &EntityMetadata
                 staged.version
             };
             let row = sync_core::Row { id: staged.row.id, values };
-            new_table.bind_row(&mut insert, &row, version)?;
+            new_table.bind_row(&mut insert, rid, &row, version, &parts)?;
             insert.raw_execute()?;
         }
     }
@@ -375,73 +403,95 @@ fn evolve_table(tx: &Transaction<'_>, old: &EntityMetadata, new: &EntityMetadata
     Ok(())
 }
 
-/// Makes the membership of `meta.name` equal `planner` applied to every
-/// staged row: missing or stale puts are written (one new seq per row that
-/// gets any), entries of partitions a row is no longer in (or of rows that
-/// are gone) become removes (a new seq each).
+/// Makes the membership of one entity equal `planner` applied to every
+/// staged row, comparing each row's references with the partitions the
+/// planner puts it in: entered partitions and stale entries get puts,
+/// left partitions get removes; a row that gets any op gets one new seq.
 fn recompute_entity(
     tx: &Transaction<'_>,
-    meta: &EntityMetadata,
+    staged: &Staged,
     planner: &MembershipPlanner,
-    writer: &mut MembershipWriter,
+    writer: &mut MembershipWriter<'_>,
     head: &mut Seq,
 ) -> R<()> {
-    let table = Table::new(meta.clone())?;
-    let entity = &meta.name;
-    // Pass 1: every row is in each partition the planner names, at its version.
-    {
-        let mut stmt = tx.prepare(&table.select_all_sql())?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let staged = table.decode_row(r)?;
+    const CHUNK: i64 = 1000;
+    let table = Table::new(staged.meta.clone())?;
+    let entity = &staged.meta.name;
+    let select = format!(
+        "SELECT {} FROM {} WHERE {} > ?1 ORDER BY {} LIMIT {CHUNK}",
+        table.select_list(),
+        table.name,
+        quote(RID_COLUMN),
+        quote(RID_COLUMN)
+    );
+    let mut after = 0i64;
+    loop {
+        let chunk: Vec<Stored> = {
+            let mut stmt = tx.prepare_cached(&select)?;
+            let mut rows = stmt.query([after])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(table.decode_row(r)?);
+            }
+            out
+        };
+        let Some(last) = chunk.last() else { break };
+        after = last.rid;
+        for stored in &chunk {
+            let version = stored.staged.version;
+            let m = Member { eid: staged.eid, rid: stored.rid, entity, row_id: &stored.staged.row.id };
+            let mut desired = Vec::new();
+            for key in planner.partitions(&stored.staged.row) {
+                desired.push(writer.pid(&key)?);
+            }
             let mut seq = None;
-            for key in planner.partitions(&staged.row) {
-                let pid = writer.pid(tx, &key)?;
-                if !MembershipWriter::is_member_at(tx, pid, entity, &staged.row.id, staged.version)? {
-                    // One new seq per row that gets ops.
-                    let seq = *seq.get_or_insert_with(|| {
-                        *head = head.next();
-                        *head
-                    });
-                    writer.put(tx, pid, entity, &staged.row.id, seq, staged.version)?;
+            let mut next = |head: &mut Seq| {
+                *seq.get_or_insert_with(|| {
+                    *head = head.next();
+                    *head
+                })
+            };
+            let mut parts = Vec::with_capacity(desired.len());
+            let mut changed = false;
+            for r in &stored.parts.0 {
+                let wanted = desired.contains(&r.pid);
+                let current = !r.removed && r.seq >= version_param(version)?;
+                // A live entry older than the row's version (after a
+                // rebuild) refers to another version: read it.
+                let live_version = if r.removed {
+                    Seq::ZERO
+                } else if current {
+                    version
+                } else {
+                    writer.entry_version(r.pid, r.seq)?.unwrap_or(version)
+                };
+                if wanted && current {
+                    parts.push(*r);
+                } else if wanted {
+                    let s = next(head);
+                    parts.push(writer.write(r.pid, m, Some(*r), live_version, s, Some(version))?);
+                    changed = true;
+                } else if !r.removed {
+                    let s = next(head);
+                    parts.push(writer.write(r.pid, m, Some(*r), live_version, s, None)?);
+                    changed = true;
+                } else {
+                    parts.push(*r);
                 }
+            }
+            for pid in desired {
+                if stored.parts.get(pid).is_none() {
+                    let s = next(head);
+                    parts.push(writer.write(pid, m, None, Seq::ZERO, s, Some(version))?);
+                    changed = true;
+                }
+            }
+            if changed {
+                table.set_parts(tx, stored.rid, &Parts(parts))?;
             }
         }
-    }
-    // Pass 2: every live entry of the entity is still wanted.
-    let pids: Vec<(i64, String)> = {
-        let mut stmt = tx.prepare("SELECT pid, key FROM _sync_partitions ORDER BY pid")?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
-    };
-    const CHUNK: i64 = 1000;
-    for (pid, key) in pids {
-        let mut after = String::new();
-        loop {
-            let ids: Vec<String> = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT row_id FROM _sync_membership WHERE pid = ?1 AND entity = ?2 AND row_id > ?3 \
-                     AND removed = 0 ORDER BY row_id LIMIT ?4",
-                )?;
-                stmt.query_map(rusqlite::params![pid, entity.as_str(), after, CHUNK], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?
-            };
-            let Some(last) = ids.last() else { break };
-            after = last.clone();
-            for id in &ids {
-                let id = RowId::new(id.as_str()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let stored = table.canonical_key(&id);
-                let wanted = match stored.map(|k| table.get_by_key(tx, k)).transpose()?.flatten() {
-                    Some(staged) => planner.partitions(&staged.row).iter().any(|k| k.as_str() == key),
-                    None => false,
-                };
-                if !wanted {
-                    *head = head.next();
-                    writer.remove(tx, pid, entity, &id, *head)?;
-                }
-            }
-            if (ids.len() as i64) < CHUNK {
-                break;
-            }
+        if (chunk.len() as i64) < CHUNK {
+            break;
         }
     }
     Ok(())
@@ -450,7 +500,7 @@ fn recompute_entity(
 /// Stages one change page in one transaction (see [`sync_core::OrgStaging::apply_changes`]).
 pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: ChangePage) -> R<ApplyOutcome> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let meta = require_schema(&tx, entity)?;
+    let Staged { eid, meta } = require_schema(&tx, entity)?;
     let rows = page
         .upserts
         .into_iter()
@@ -470,50 +520,63 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
     let profiles = load_profiles(&tx)?;
     let planner = MembershipPlanner::new(&meta, &profiles)?;
     let table = Table::new(meta)?;
+    let mut next_rid: i64 = tx
+        .prepare_cached("SELECT next_rid FROM _sync_schemas WHERE eid = ?1")?
+        .query_row([eid], |r| r.get(0))?;
     let mut head = head(&tx)?;
+    let floor = version_param(tombstone_floor(&tx)?)?;
     let mut outcome = ApplyOutcome::default();
-    let mut writer = MembershipWriter::default();
+    let mut writer = MembershipWriter::new(&tx)?;
     let mut row_delta: i64 = 0;
     {
-        let mut insert = tx.prepare_cached(&table.insert_sql(&table.name))?;
-        let mut update = tx.prepare_cached(&table.update_sql())?;
-        let mut delete = tx.prepare_cached(&table.delete_sql())?;
+        let mut insert = tx.prepare_cached(table.insert())?;
+        let mut update = tx.prepare_cached(table.update())?;
+        let mut delete = tx.prepare_cached(table.delete())?;
+        let mut lookup = tx.prepare_cached(table.select_by_key())?;
         for row in &rows {
             let prev = match table.canonical_key(&row.id) {
-                Some(key) => table.get_by_key(&tx, key)?,
+                Some(key) => table.lookup(&mut lookup, key)?,
                 None => None,
             };
             if let Some(p) = &prev
-                && p.row.values == row.values
+                && p.staged.row.values == row.values
             {
                 outcome.unchanged += 1;
                 continue;
             }
             head = head.next();
+            let rid = match &prev {
+                Some(p) => p.rid,
+                None => {
+                    next_rid += 1;
+                    next_rid - 1
+                }
+            };
+            let m = Member { eid, rid, entity, row_id: &row.id };
+            let after = planner.partitions(row);
+            let parts = restage(&mut writer, m, prev.as_ref(), &after, head, floor)?;
             let stmt = if prev.is_some() { &mut update } else { &mut insert };
-            table.bind_row(stmt, row, head)?;
+            table.bind_row(stmt, rid, row, head, &parts)?;
             stmt.raw_execute()?;
             if prev.is_none() {
                 row_delta += 1;
             }
             outcome.upserted += 1;
-            apply_ops(&tx, &planner, &mut writer, entity, prev.as_ref().map(|p| &p.row), Some(row), head)?;
         }
         for id in &deletes {
             let Some(key) = table.canonical_key(id) else { continue };
-            let Some(prev) = table.get_by_key(&tx, key.clone())? else { continue };
+            let Some(prev) = table.lookup(&mut lookup, key)? else { continue };
             head = head.next();
-            delete.execute([key])?;
+            let m = Member { eid, rid: prev.rid, entity, row_id: &prev.staged.row.id };
+            restage(&mut writer, m, Some(&prev), &[], head, floor)?;
+            delete.execute([prev.rid])?;
             row_delta -= 1;
             outcome.deleted += 1;
-            apply_ops(&tx, &planner, &mut writer, entity, Some(&prev.row), None, head)?;
         }
     }
-    writer.flush(&tx)?;
-    if row_delta != 0 {
-        tx.prepare_cached("UPDATE _sync_schemas SET row_count = row_count + ?2 WHERE entity = ?1")?
-            .execute(rusqlite::params![entity.as_str(), row_delta])?;
-    }
+    writer.flush()?;
+    tx.prepare_cached("UPDATE _sync_schemas SET row_count = row_count + ?2, next_rid = ?3 WHERE eid = ?1")?
+        .execute(rusqlite::params![eid, row_delta, next_rid])?;
     if let Some(token) = &page.next_token {
         tx.prepare_cached(
             "INSERT INTO _sync_tokens (entity, token) VALUES (?1, ?2) \
@@ -527,26 +590,43 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
     Ok(outcome)
 }
 
-fn apply_ops(
-    tx: &Transaction<'_>,
-    planner: &MembershipPlanner,
-    writer: &mut MembershipWriter,
-    entity: &EntityName,
-    previous: Option<&sync_core::Row>,
-    new: Option<&sync_core::Row>,
+/// Writes the membership ops of one row changing at `seq` from `previous`
+/// (with its references) to a row in the partitions `after` (sorted; empty
+/// for a delete): what [`MembershipPlanner::plan`] gives — a remove for
+/// every partition the row was in and is not any more, a put for every
+/// partition it is in — each replacing the row's previous entry in that
+/// partition. Returns the row's new references (tombstones purged below
+/// `floor` are forgotten).
+fn restage(
+    writer: &mut MembershipWriter<'_>,
+    m: Member<'_>,
+    previous: Option<&Stored>,
+    after: &[PartitionKey],
     seq: Seq,
-) -> R<()> {
-    let Some(id) = new.or(previous).map(|r| &r.id) else { return Ok(()) };
-    for op in planner.plan(previous, new) {
-        let pid = writer.pid(tx, &op.partition)?;
-        match op.action {
-            MembershipAction::Put => writer.put(tx, pid, entity, id, seq, seq)?,
-            MembershipAction::Remove => {
-                writer.remove(tx, pid, entity, id, seq)?;
+    floor: i64,
+) -> R<Parts> {
+    let mut pids = Vec::with_capacity(after.len());
+    for key in after {
+        pids.push(writer.pid(key)?);
+    }
+    let mut parts: Vec<PartRef> = Vec::with_capacity(pids.len());
+    if let Some(prev) = previous {
+        for r in &prev.parts.0 {
+            if pids.contains(&r.pid) {
+                parts.push(writer.write(r.pid, m, Some(*r), prev.staged.version, seq, Some(seq))?);
+            } else if !r.removed {
+                parts.push(writer.write(r.pid, m, Some(*r), prev.staged.version, seq, None)?);
+            } else if r.seq > floor {
+                parts.push(*r);
             }
         }
     }
-    Ok(())
+    for pid in pids {
+        if previous.and_then(|p| p.parts.get(pid)).is_none() {
+            parts.push(writer.write(pid, m, None, Seq::ZERO, seq, Some(seq))?);
+        }
+    }
+    Ok(Parts(parts))
 }
 
 /// Saves a profile and recomputes membership of the entities it names.
@@ -567,7 +647,7 @@ pub(crate) fn put_profile(conn: &mut Connection, profile: &Profile) -> R<Seq> {
     if let Some(old) = &old {
         entities.extend(old.items.iter().map(|i| i.entity.clone()));
     }
-    let head = recompute(&tx, &schemas, &entities)?;
+    let head = recompute(&tx, &entities)?;
     tx.commit()?;
     Ok(head)
 }
@@ -579,22 +659,22 @@ pub(crate) fn delete_profile(conn: &mut Connection, name: &ProfileName) -> R<Seq
         return Err(Error::not_found(format!("profile '{name}'")).into());
     };
     tx.prepare_cached("DELETE FROM _sync_profiles WHERE name = ?1")?.execute([name.as_str()])?;
-    let schemas = load_schemas(&tx)?;
     let entities: BTreeSet<EntityName> = old.items.iter().map(|i| i.entity.clone()).collect();
-    let head = recompute(&tx, &schemas, &entities)?;
+    let head = recompute(&tx, &entities)?;
     tx.commit()?;
     Ok(head)
 }
 
-fn recompute(tx: &Transaction<'_>, schemas: &[EntityMetadata], entities: &BTreeSet<EntityName>) -> R<Seq> {
+fn recompute(tx: &Transaction<'_>, entities: &BTreeSet<EntityName>) -> R<Seq> {
     let profiles = load_profiles(tx)?;
     let mut head = head(tx)?;
-    let mut writer = MembershipWriter::default();
-    for meta in schemas.iter().filter(|m| entities.contains(&m.name)) {
-        let planner = MembershipPlanner::new(meta, &profiles)?;
-        recompute_entity(tx, meta, &planner, &mut writer, &mut head)?;
+    let mut writer = MembershipWriter::new(tx)?;
+    for name in entities {
+        let Some(staged) = load_schema(tx, name.as_str())? else { continue };
+        let planner = MembershipPlanner::new(&staged.meta, &profiles)?;
+        recompute_entity(tx, &staged, &planner, &mut writer, &mut head)?;
     }
-    writer.flush(tx)?;
+    writer.flush()?;
     meta_set(tx, "head", version_param(head)?)?;
     Ok(head)
 }
@@ -624,65 +704,116 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
         }
     }
     let max_rows = plan.max_rows.max(1);
-    let mut tables: HashMap<String, Table> = HashMap::new();
+    let mut tables: HashMap<i64, Table> = HashMap::new();
     let mut changes: Vec<PulledChange> = Vec::new();
     let mut positions = Vec::with_capacity(plan.partitions.len());
     let mut bytes = 0usize;
     let mut more = false;
-    let pid_of = |key: &PartitionKey| -> R<Option<i64>> {
-        Ok(tx
-            .prepare_cached("SELECT pid FROM _sync_partitions WHERE key = ?1")?
-            .query_row([key.as_str()], |r| r.get(0))
-            .optional()?)
-    };
     for (key, pos) in &plan.partitions {
         if more {
             positions.push((key.clone(), *pos));
             continue;
         }
-        let Some(pid) = pid_of(key)? else {
+        let pid: Option<i64> = tx
+            .prepare_cached("SELECT pid FROM _sync_partitions WHERE key = ?1")?
+            .query_row([key.as_str()], |r| r.get(0))
+            .optional()?;
+        let Some(pid) = pid else {
             positions.push((key.clone(), head));
             continue;
         };
         let mut last = *pos;
         let remaining = max_rows.saturating_sub(changes.len());
+        let limit = (remaining + 1) as i64;
+        let (single, mixed): (Option<i64>, bool) = tx
+            .prepare_cached("SELECT eid, mixed FROM _sync_partitions WHERE pid = ?1")?
+            .query_row([pid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        // The common case: every entry of the partition belongs to one
+        // entity, read with its rows in one join. Otherwise each put's row
+        // is looked up by entity and number.
+        let joined = match single {
+            Some(eid) if !mixed => Some(eid),
+            _ => None,
+        };
+        if let Some(eid) = joined {
+            if !tables.contains_key(&eid) {
+                tables.insert(eid, Table::new(load_schema_by_id(&tx, eid)?.meta)?);
+            }
+            let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
+            let mut stmt = tx.prepare_cached(&table.pull_join_sql())?;
+            let mut rows = stmt.query(rusqlite::params![pid, version_param(*pos)?, limit])?;
+            while let Some(r) = rows.next()? {
+                if changes.len() >= max_rows {
+                    more = true;
+                    break;
+                }
+                let seq = seq_of(r.get(0)?)?;
+                let removed: bool = r.get(1)?;
+                let (row_id, row, size) = if removed {
+                    let row_id =
+                        RowId::new(r.get::<_, String>(2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let size = row_id.as_str().len() + REMOVE_OVERHEAD;
+                    (row_id, None, size)
+                } else {
+                    if r.get_ref(3)? == rusqlite::types::ValueRef::Null {
+                        return Err(StoreError::Corrupt(format!(
+                            "partition '{key}' holds a row of '{}' at seq {seq} that is not staged",
+                            table.meta.name
+                        )));
+                    }
+                    let staged = table.decode_at(r, 3)?.staged;
+                    let size = staged.row.approx_size();
+                    (staged.row.id.clone(), Some(staged), size)
+                };
+                if !changes.is_empty() && bytes + size > plan.max_bytes {
+                    more = true;
+                    break;
+                }
+                bytes += size;
+                last = seq;
+                changes.push(PulledChange {
+                    partition: key.clone(),
+                    entity: table.meta.name.clone(),
+                    row_id,
+                    seq,
+                    row,
+                });
+            }
+            positions.push((key.clone(), if more { last } else { head }));
+            continue;
+        }
         let mut stmt = tx.prepare_cached(
-            "SELECT seq, entity, row_id, removed FROM _sync_membership \
+            "SELECT seq, eid, rid, removed, row_id FROM _sync_membership \
              WHERE pid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let mut rows = stmt.query(rusqlite::params![pid, version_param(*pos)?, (remaining + 1) as i64])?;
+        let mut rows = stmt.query(rusqlite::params![pid, version_param(*pos)?, limit])?;
         while let Some(r) = rows.next()? {
             if changes.len() >= max_rows {
                 more = true;
                 break;
             }
             let seq = seq_of(r.get(0)?)?;
-            let entity_text: String = r.get(1)?;
-            let row_id =
-                RowId::new(r.get::<_, String>(2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let eid: i64 = r.get(1)?;
+            let rid: i64 = r.get(2)?;
             let removed: bool = r.get(3)?;
-            let entity =
-                EntityName::new(entity_text.as_str()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let (row, size) = if removed {
-                (None, row_id.as_str().len() + REMOVE_OVERHEAD)
+            if !tables.contains_key(&eid) {
+                tables.insert(eid, Table::new(load_schema_by_id(&tx, eid)?.meta)?);
+            }
+            let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
+            let (row_id, row, size) = if removed {
+                let row_id =
+                    RowId::new(r.get::<_, String>(4)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let size = row_id.as_str().len() + REMOVE_OVERHEAD;
+                (row_id, None, size)
             } else {
-                if !tables.contains_key(&entity_text) {
-                    let meta = load_schema(&tx, &entity_text)?.ok_or_else(|| {
-                        StoreError::Corrupt(format!("membership names the unstaged entity '{entity_text}'"))
-                    })?;
-                    tables.insert(entity_text.clone(), Table::new(meta)?);
-                }
-                let table =
-                    tables.get(&entity_text).ok_or_else(|| StoreError::Corrupt(entity_text.clone()))?;
-                let stored = table.canonical_key(&row_id);
-                let staged =
-                    stored.map(|k| table.get_by_key(&tx, k)).transpose()?.flatten().ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "partition '{key}' holds '{entity}/{row_id}', which is not staged"
-                        ))
-                    })?;
+                let staged = table.get_by_rid(&tx, rid)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "partition '{key}' holds row {rid} of '{}', which is not staged",
+                        table.meta.name
+                    ))
+                })?;
                 let size = staged.row.approx_size();
-                (Some(staged), size)
+                (staged.row.id.clone(), Some(staged), size)
             };
             if !changes.is_empty() && bytes + size > plan.max_bytes {
                 more = true;
@@ -690,7 +821,13 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             }
             bytes += size;
             last = seq;
-            changes.push(PulledChange { partition: key.clone(), entity, row_id, seq, row });
+            changes.push(PulledChange {
+                partition: key.clone(),
+                entity: table.meta.name.clone(),
+                row_id,
+                seq,
+                row,
+            });
         }
         positions.push((key.clone(), if more { last } else { head }));
     }
@@ -733,8 +870,8 @@ pub(crate) fn source_token(conn: &Connection, entity: &EntityName) -> R<Option<C
 
 /// The staged row `id` of `entity`.
 pub(crate) fn row(conn: &Connection, entity: &EntityName, id: &RowId) -> R<Option<sync_core::StagedRow>> {
-    let meta = require_schema(conn, entity)?;
-    Table::new(meta)?.get(conn, id)
+    let staged = require_schema(conn, entity)?;
+    Ok(Table::new(staged.meta)?.get(conn, id)?.map(|s| s.staged))
 }
 
 /// Staged ids of `entity` after `after`, ascending.
@@ -744,7 +881,7 @@ pub(crate) fn row_ids(
     after: Option<&RowId>,
     limit: usize,
 ) -> R<Vec<RowId>> {
-    let table = Table::new(require_schema(conn, entity)?)?;
+    let table = Table::new(require_schema(conn, entity)?.meta)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut stmt = conn.prepare_cached(&table.ids_after_sql(after.is_some()))?;
     let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<String> {

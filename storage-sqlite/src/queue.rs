@@ -93,8 +93,12 @@ impl SqliteQueue {
     /// `path`. Errors: `Internal` when the file cannot be created or read.
     pub async fn open(path: impl AsRef<Path>, options: QueueOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let settings =
-            ConnSettings { busy_timeout: options.busy_timeout, cache_size_kib: 8 * 1024, mmap_size: 0 };
+        let settings = ConnSettings {
+            busy_timeout: options.busy_timeout,
+            cache_size_kib: 8 * 1024,
+            mmap_size: 0,
+            wal_autocheckpoint: 1000,
+        };
         let conn = blocking({
             let path = path.clone();
             move || {

@@ -164,6 +164,7 @@ pub(crate) struct ConnSettings {
     pub(crate) busy_timeout: Duration,
     pub(crate) cache_size_kib: u32,
     pub(crate) mmap_size: u64,
+    pub(crate) wal_autocheckpoint: u32,
 }
 
 /// Opens a database file with the crate's pragmas. `create` allows creating
@@ -190,8 +191,9 @@ pub(crate) fn open(path: &Path, settings: &ConnSettings, create: bool, read_only
          PRAGMA cache_size = -{};
          PRAGMA temp_store = MEMORY;
          PRAGMA foreign_keys = OFF;
-         PRAGMA mmap_size = {};",
-        settings.cache_size_kib, settings.mmap_size
+         PRAGMA mmap_size = {};
+         PRAGMA wal_autocheckpoint = {};",
+        settings.cache_size_kib, settings.mmap_size, settings.wal_autocheckpoint
     ))?;
     if read_only {
         conn.execute_batch("PRAGMA query_only = 1;")?;

@@ -1,4 +1,14 @@
 //! One entity's typed staging table: its SQL, key binding and row decoding.
+//!
+//! Every staging table has, besides one column per attribute:
+//! * `_sync_rid INTEGER PRIMARY KEY`: a row number given by the store, never
+//!   reused within the entity (membership refers to rows by it, so a
+//!   tombstone can never be taken over by a later row);
+//! * `_sync_version INTEGER NOT NULL`: the seq of the row's last change;
+//! * `_sync_parts TEXT NOT NULL`: the row's references into the membership
+//!   log (see [`crate::membership::Parts`]).
+//!
+//! The primary-key attribute is `NOT NULL UNIQUE`.
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, Statement};
@@ -6,10 +16,22 @@ use sync_core::row::Row;
 use sync_core::{AttributeType, EntityMetadata, RowId, Seq, StagedRow};
 
 use crate::error::{R, StoreError};
+use crate::membership::Parts;
 use crate::sql::{Bind, column_type, decode, quote};
 
 /// The reserved name of the version column every staging table carries.
 pub(crate) const VERSION_COLUMN: &str = "_sync_version";
+/// The reserved name of the row-number column every staging table carries.
+pub(crate) const RID_COLUMN: &str = "_sync_rid";
+/// The reserved name of the membership-references column.
+pub(crate) const PARTS_COLUMN: &str = "_sync_parts";
+
+/// A staged row as stored: its number, the row and its membership references.
+pub(crate) struct Stored {
+    pub(crate) rid: i64,
+    pub(crate) staged: StagedRow,
+    pub(crate) parts: Parts,
+}
 /// The prefix of the crate's own tables; entity names may not use it.
 pub(crate) const RESERVED_PREFIX: &str = "_sync_";
 
@@ -22,6 +44,11 @@ pub(crate) struct Table {
     int_key: bool,
     select_list: String,
     select_by_key: String,
+    select_by_rid: String,
+    insert: String,
+    update: String,
+    update_parts: String,
+    delete: String,
 }
 
 impl Table {
@@ -30,44 +57,60 @@ impl Table {
             StoreError::Corrupt(format!("entity '{}' has no primary key attribute", meta.name))
         })?;
         let int_key = meta.attributes[key_index].ty == AttributeType::Integer;
-        let mut select_list = String::new();
-        for a in &meta.attributes {
-            select_list.push_str(&quote(a.name.as_str()));
-            select_list.push_str(", ");
-        }
-        select_list.push_str(&quote(VERSION_COLUMN));
         let name = quote(meta.name.as_str());
-        let select_by_key = format!(
-            "SELECT {select_list} FROM {name} WHERE {} = ?1",
-            quote(meta.attributes[key_index].name.as_str())
-        );
-        Ok(Table { meta, name, key_index, int_key, select_list, select_by_key })
+        let key = quote(meta.attributes[key_index].name.as_str());
+        let rid = quote(RID_COLUMN);
+        let version = quote(VERSION_COLUMN);
+        let parts = quote(PARTS_COLUMN);
+        let attrs: Vec<String> = meta.attributes.iter().map(|a| quote(a.name.as_str())).collect();
+        let select_list = format!("{rid}, {}, {version}, {parts}", attrs.join(", "));
+        let n = attrs.len();
+        let params: Vec<String> = (1..=n + 3).map(|i| format!("?{i}")).collect();
+        let insert = format!("INSERT INTO {name} ({select_list}) VALUES ({})", params.join(", "));
+        let mut sets: Vec<String> = attrs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != key_index)
+            .map(|(i, a)| format!("{a} = ?{}", i + 2))
+            .collect();
+        sets.push(format!("{version} = ?{}", n + 2));
+        sets.push(format!("{parts} = ?{}", n + 3));
+        let update = format!("UPDATE {name} SET {} WHERE {rid} = ?1", sets.join(", "));
+        Ok(Table {
+            update_parts: format!("UPDATE {name} SET {parts} = ?2 WHERE {rid} = ?1"),
+            select_by_key: format!("SELECT {select_list} FROM {name} WHERE {key} = ?1"),
+            select_by_rid: format!("SELECT {select_list} FROM {name} WHERE {rid} = ?1"),
+            delete: format!("DELETE FROM {name} WHERE {rid} = ?1"),
+            insert,
+            update,
+            meta,
+            name,
+            key_index,
+            int_key,
+            select_list,
+        })
     }
 
     fn key_column(&self) -> String {
         quote(self.meta.primary_key.as_str())
     }
 
-    /// `CREATE TABLE` (and, for integer keys, the index that lists ids in
-    /// text order) under the table name `name` (quoted).
+    /// `CREATE TABLE` under the table name `name` (quoted).
     pub(crate) fn create_sql(&self, name: &str) -> String {
-        let mut sql = format!("CREATE TABLE {name} (");
+        let mut sql = format!("CREATE TABLE {name} ({} INTEGER PRIMARY KEY, ", quote(RID_COLUMN));
         for a in &self.meta.attributes {
             sql.push_str(&quote(a.name.as_str()));
             sql.push(' ');
             sql.push_str(column_type(&a.ty));
             if a.name == self.meta.primary_key {
-                sql.push_str(" NOT NULL PRIMARY KEY");
+                sql.push_str(" NOT NULL UNIQUE");
             }
             sql.push_str(", ");
         }
         sql.push_str(&quote(VERSION_COLUMN));
-        sql.push_str(" INTEGER NOT NULL)");
-        if !self.int_key {
-            // Text keys cluster the rows by key: one B-tree, no rowid.
-            sql.push_str(" WITHOUT ROWID");
-        }
-        sql.push(';');
+        sql.push_str(" INTEGER NOT NULL, ");
+        sql.push_str(&quote(PARTS_COLUMN));
+        sql.push_str(" TEXT NOT NULL DEFAULT '');");
         sql
     }
 
@@ -84,37 +127,56 @@ impl Table {
         })
     }
 
-    pub(crate) fn select_all_sql(&self) -> String {
-        format!("SELECT {} FROM {} ORDER BY {}", self.select_list, self.name, self.key_column())
-    }
-
-    pub(crate) fn insert_sql(&self, name: &str) -> String {
-        let params: Vec<String> = (1..=self.meta.attributes.len() + 1).map(|i| format!("?{i}")).collect();
-        format!("INSERT INTO {name} ({}) VALUES ({})", self.select_list, params.join(", "))
-    }
-
-    pub(crate) fn update_sql(&self) -> String {
-        let mut sets: Vec<String> = self
-            .meta
-            .attributes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != self.key_index)
-            .map(|(i, a)| format!("{} = ?{}", quote(a.name.as_str()), i + 1))
-            .collect();
-        let n = self.meta.attributes.len();
-        sets.push(format!("{} = ?{}", quote(VERSION_COLUMN), n + 1));
+    /// Selects the membership entries of one partition after a seq, in seq
+    /// order, each with its row of this table (null columns for removes):
+    /// `?1` pid, `?2` seq, `?3` limit. Columns: seq, removed, row_id, then
+    /// the select list.
+    pub(crate) fn pull_join_sql(&self) -> String {
+        let cols: Vec<String> = self.select_list.split(", ").map(|c| format!("t.{c}")).collect();
         format!(
-            "UPDATE {} SET {} WHERE {} = ?{}",
+            "SELECT m.seq, m.removed, m.row_id, {} FROM _sync_membership m \
+             LEFT JOIN {} t ON t.{} = m.rid AND m.removed = 0 \
+             WHERE m.pid = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3",
+            cols.join(", "),
             self.name,
-            sets.join(", "),
-            self.key_column(),
-            self.key_index + 1
+            quote(RID_COLUMN)
         )
     }
 
-    pub(crate) fn delete_sql(&self) -> String {
-        format!("DELETE FROM {} WHERE {} = ?1", self.name, self.key_column())
+    /// The columns every select of this table reads, in decode order.
+    pub(crate) fn select_list(&self) -> &str {
+        &self.select_list
+    }
+
+    pub(crate) fn select_all_sql(&self) -> String {
+        format!("SELECT {} FROM {} ORDER BY {}", self.select_list, self.name, quote(RID_COLUMN))
+    }
+
+    /// Insert into the table named `name` (the table itself, or a scratch
+    /// copy during a rebuild): `?1` rid, then the attributes, then the version.
+    pub(crate) fn insert_sql(&self, name: &str) -> String {
+        let params: Vec<String> = (1..=self.meta.attributes.len() + 3).map(|i| format!("?{i}")).collect();
+        format!("INSERT INTO {name} ({}) VALUES ({})", self.select_list, params.join(", "))
+    }
+
+    pub(crate) fn insert(&self) -> &str {
+        &self.insert
+    }
+
+    /// Update by rid: `?1` rid, then the attributes, the version, the parts.
+    pub(crate) fn update(&self) -> &str {
+        &self.update
+    }
+
+    /// Writes a row's membership references.
+    pub(crate) fn set_parts(&self, conn: &Connection, rid: i64, parts: &Parts) -> R<()> {
+        conn.prepare_cached(&self.update_parts)?.execute(rusqlite::params![rid, parts.to_text()])?;
+        Ok(())
+    }
+
+    /// Delete by rid.
+    pub(crate) fn delete(&self) -> &str {
+        &self.delete
     }
 
     /// Ids after `after` in [`RowId`] order (text order, also for integer keys).
@@ -128,8 +190,8 @@ impl Table {
         }
     }
 
-    /// The stored key of a row id, or `None` when the id cannot be a key of
-    /// this entity (then no such row can exist).
+    /// The stored key of a row id in any accepted spelling, or `None` when
+    /// the id cannot be a key of this entity (then no such row can exist).
     pub(crate) fn key_value(&self, id: &RowId) -> Option<SqlValue> {
         if self.int_key {
             id.as_str().parse::<i64>().ok().map(SqlValue::Integer)
@@ -139,36 +201,8 @@ impl Table {
         }
     }
 
-    /// Binds a checked row (every attribute present) and its version to an
-    /// insert or update statement built by this table.
-    pub(crate) fn bind_row(&self, stmt: &mut Statement<'_>, row: &Row, version: Seq) -> R<()> {
-        for (i, a) in self.meta.attributes.iter().enumerate() {
-            let v = row.values.get(&a.name).unwrap_or(&sync_core::Value::Null);
-            stmt.raw_bind_parameter(i + 1, Bind(v))?;
-        }
-        stmt.raw_bind_parameter(self.meta.attributes.len() + 1, version_param(version)?)?;
-        Ok(())
-    }
-
-    /// Decodes a row selected with this table's select list.
-    pub(crate) fn decode_row(&self, r: &rusqlite::Row<'_>) -> R<StagedRow> {
-        let mut values = std::collections::BTreeMap::new();
-        let mut id = None;
-        for (i, a) in self.meta.attributes.iter().enumerate() {
-            let v = decode(&a.ty, a.name.as_str(), r.get_ref(i)?)?;
-            if i == self.key_index {
-                id = Some(RowId::new(v.canonical_text()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-            }
-            values.insert(a.name.clone(), v);
-        }
-        let version: i64 = r.get(self.meta.attributes.len())?;
-        let id =
-            id.ok_or_else(|| StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name)))?;
-        Ok(StagedRow { row: Row { id, values }, version: seq_of(version)? })
-    }
-
-    /// The stored key of a row id already in canonical form (as staged
-    /// rows and membership entries hold it).
+    /// The stored key of a row id already in canonical form (as checked
+    /// rows hold it).
     pub(crate) fn canonical_key(&self, id: &RowId) -> Option<SqlValue> {
         if self.int_key {
             id.as_str().parse::<i64>().ok().map(SqlValue::Integer)
@@ -177,20 +211,91 @@ impl Table {
         }
     }
 
-    /// The staged row with `id` (any accepted spelling), if any.
-    pub(crate) fn get(&self, conn: &Connection, id: &RowId) -> R<Option<StagedRow>> {
+    /// Binds rid, a checked row (every attribute present), its version and
+    /// its membership references to the insert or update statement.
+    pub(crate) fn bind_row(
+        &self,
+        stmt: &mut Statement<'_>,
+        rid: i64,
+        row: &Row,
+        version: Seq,
+        parts: &Parts,
+    ) -> R<()> {
+        stmt.raw_bind_parameter(1, rid)?;
+        for (i, a) in self.meta.attributes.iter().enumerate() {
+            let v = row.values.get(&a.name).unwrap_or(&sync_core::Value::Null);
+            stmt.raw_bind_parameter(i + 2, Bind(v))?;
+        }
+        let n = self.meta.attributes.len();
+        stmt.raw_bind_parameter(n + 2, version_param(version)?)?;
+        stmt.raw_bind_parameter(n + 3, parts.to_text())?;
+        Ok(())
+    }
+
+    /// Decodes a row selected with this table's select list.
+    pub(crate) fn decode_row(&self, r: &rusqlite::Row<'_>) -> R<Stored> {
+        self.decode_at(r, 0)
+    }
+
+    /// Decodes this table's select list starting at column `at`.
+    pub(crate) fn decode_at(&self, r: &rusqlite::Row<'_>, at: usize) -> R<Stored> {
+        let rid: i64 = r.get(at)?;
+        let mut values = std::collections::BTreeMap::new();
+        let mut id = None;
+        for (i, a) in self.meta.attributes.iter().enumerate() {
+            let v = decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?;
+            if i == self.key_index {
+                id = Some(RowId::new(v.canonical_text()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            }
+            values.insert(a.name.clone(), v);
+        }
+        let n = at + self.meta.attributes.len();
+        let version: i64 = r.get(n + 1)?;
+        let parts = match r.get_ref(n + 2)? {
+            rusqlite::types::ValueRef::Text(t) => {
+                Parts::parse(std::str::from_utf8(t).map_err(|e| StoreError::Corrupt(e.to_string()))?)?
+            }
+            _ => Parts::default(),
+        };
+        let id =
+            id.ok_or_else(|| StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name)))?;
+        Ok(Stored { rid, staged: StagedRow { row: Row { id, values }, version: seq_of(version)? }, parts })
+    }
+
+    /// The staged row with `id` (any accepted spelling) and its rid, if any.
+    pub(crate) fn get(&self, conn: &Connection, id: &RowId) -> R<Option<Stored>> {
         match self.key_value(id) {
             Some(key) => self.get_by_key(conn, key),
             None => Ok(None),
         }
     }
 
-    /// The staged row with the stored key `key`, if any.
-    pub(crate) fn get_by_key(&self, conn: &Connection, key: SqlValue) -> R<Option<StagedRow>> {
+    /// The staged row with the stored key `key` and its rid, if any.
+    pub(crate) fn get_by_key(&self, conn: &Connection, key: SqlValue) -> R<Option<Stored>> {
         let mut stmt = conn.prepare_cached(&self.select_by_key)?;
+        self.lookup(&mut stmt, key)
+    }
+
+    /// The select of a row by its stored key (`?1`).
+    pub(crate) fn select_by_key(&self) -> &str {
+        &self.select_by_key
+    }
+
+    /// Runs a statement from [`Table::select_by_key`] for `key`.
+    pub(crate) fn lookup(&self, stmt: &mut Statement<'_>, key: SqlValue) -> R<Option<Stored>> {
         let mut rows = stmt.query([key])?;
         match rows.next()? {
             Some(r) => Ok(Some(self.decode_row(r)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The staged row numbered `rid`, if any.
+    pub(crate) fn get_by_rid(&self, conn: &Connection, rid: i64) -> R<Option<StagedRow>> {
+        let mut stmt = conn.prepare_cached(&self.select_by_rid)?;
+        let mut rows = stmt.query([rid])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(self.decode_row(r)?.staged)),
             None => Ok(None),
         }
     }

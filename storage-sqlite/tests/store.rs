@@ -100,6 +100,7 @@ async fn tables_are_typed_and_readable_with_plain_sql() {
         .collect::<Result<_, _>>()
         .unwrap();
     let expect = [
+        ("_sync_rid", "INTEGER"),
         ("accountid", "TEXT"),
         ("name", "TEXT"),
         ("accountnumber", "TEXT"),
@@ -110,6 +111,7 @@ async fn tables_are_typed_and_readable_with_plain_sql() {
         ("modifiedon", "TEXT"),
         ("creditonhold", "INTEGER"),
         ("_sync_version", "INTEGER"),
+        ("_sync_parts", "TEXT"),
     ];
     let got: Vec<(&str, &str)> = types.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     assert_eq!(got, expect);

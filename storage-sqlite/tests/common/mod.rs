@@ -68,8 +68,10 @@ pub fn row_uuid(i: u64) -> Uuid {
     )
 }
 
-/// Account number `i` at `generation`; the generation changes the values,
-/// and every tenth row is inactive (statecode 1).
+/// Account number `i` at `generation`. A new generation changes name,
+/// revenue, employees and modification time of every row, moves every tenth
+/// row to another owner and flips 2 % of rows between active and inactive;
+/// about every tenth row is inactive (statecode 1).
 pub fn account_row(i: u64, generation: u64, owners: u64) -> Row {
     let id = row_uuid(i);
     Row::new(
@@ -82,8 +84,11 @@ pub fn account_row(i: u64, generation: u64, owners: u64) -> Row {
                 Value::from(format!("{}.{:02}", 1000 + (i * 37 + generation) % 100_000, i % 100)),
             ),
             (col("numberofemployees"), Value::Integer(((i + generation) % 5000) as i64)),
-            (col("statecode"), Value::Integer(if (i + generation) % 10 == 0 { 1 } else { 0 })),
-            (col("ownerid"), Value::Uuid(owner(i + generation, owners))),
+            (
+                col("statecode"),
+                Value::Integer(i64::from((i % 10 == 0) != (generation % 2 == 1 && i % 50 < 2))),
+            ),
+            (col("ownerid"), Value::Uuid(owner(if i % 10 == 1 { i + generation } else { i }, owners))),
             (
                 col("modifiedon"),
                 Value::from(format!(
@@ -165,7 +170,9 @@ pub fn stored_membership(path: &Path, entity: &EntityName) -> Membership {
         let key: String = r.get(0).unwrap();
         let id: String = r.get(1).unwrap();
         let v: i64 = r.get(2).unwrap();
-        out.entry(key).or_default().0.insert((id, v as u64));
+        let set = &mut out.entry(key.clone()).or_default().0;
+        assert!(!set.iter().any(|(i, _)| *i == id), "two live entries for {id} in {key}");
+        set.insert((id, v as u64));
     }
     let mut stmt = conn.prepare("SELECT key, checksum_sum, checksum_count FROM _sync_partitions").unwrap();
     let mut rows = stmt.query([]).unwrap();
