@@ -177,6 +177,25 @@ async fn pull_everything(
     (n, start.elapsed())
 }
 
+/// CPU time (user + system) of this process so far, from `/proc/self/stat`;
+/// zero where that is unavailable. Reported beside wall time because the
+/// machines these runs share are noisy.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return Duration::ZERO };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return Duration::ZERO };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // Fields 14 and 15 of the file (utime, stime) are 12 and 13 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Wall and CPU time of `f`.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let (w, c) = (Instant::now(), cpu_time());
+    let out = f();
+    (out, w.elapsed(), cpu_time() - c)
+}
+
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -188,6 +207,17 @@ fn shuffle<T>(v: &mut [T], mut seed: u64) {
         seed ^= seed << 17;
         v.swap(i, (seed % (i as u64 + 1)) as usize);
     }
+}
+
+/// One measured phase: rows handled, wall time, CPU time.
+struct Phase {
+    rows: usize,
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn phase(rows: usize, (_, wall, cpu): ((), Duration, Duration)) -> Phase {
+    Phase { rows, wall, cpu }
 }
 
 fn main() {
@@ -224,90 +254,78 @@ fn main() {
          version INTEGER NOT NULL); CREATE INDEX raw_version ON raw (version);",
     )
     .unwrap();
-    let raw_ingest = raw_upsert(&mut raw, &fresh, 1);
-    let (raw_scanned, raw_scan_fresh) = raw_scan(&raw);
-    assert_eq!(raw_scanned, n);
-    let raw_update = raw_upsert(&mut raw, &updated, n as i64 + 1);
-    let (_, raw_scan_updated) = raw_scan(&raw);
+    let raw_ingest = phase(n, timed(|| { raw_upsert(&mut raw, &fresh, 1); }));
+    let raw_scan_fresh = phase(n, timed(|| assert_eq!(raw_scan(&raw).0, n)));
+    let raw_update = phase(n, timed(|| { raw_upsert(&mut raw, &updated, n as i64 + 1); }));
+    let raw_scan_updated = phase(n, timed(|| assert_eq!(raw_scan(&raw).0, n)));
     drop(raw);
 
     // The store.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (
-        ours_ingest,
-        ours_update,
-        pulled_fresh,
-        pull_fresh,
-        pulled_updated,
-        pull_updated,
-        all_fresh,
-        all_fresh_time,
-    ) = rt.block_on(async {
-        let store_dir = dir.join("store");
-        let _ = std::fs::remove_dir_all(&store_dir);
-        let options = StoreOptions { cache_size_kib: (cache_mib * 1024) as u32, ..StoreOptions::default() };
+    let store_dir = dir.join("store");
+    let _ = std::fs::remove_dir_all(&store_dir);
+    let mut options = StoreOptions { cache_size_kib: (cache_mib * 1024) as u32, ..StoreOptions::default() };
+    if let Ok(pages) = std::env::var("SQLITE_BENCH_WAL_PAGES") {
+        options.wal_autocheckpoint = pages.parse().unwrap();
+    }
+    let profile = sales_profile();
+    let (store, staging) = rt.block_on(async {
         let store = open_store(&store_dir, options).await;
         store.create_org(&org_config("bench")).await.unwrap();
         let staging = store.org(&org_id("bench")).await.unwrap();
         staging.apply_schema(&account_meta()).await.unwrap();
-        let profile = sales_profile();
         staging.put_profile(&profile).await.unwrap();
-        let ingest_time = ingest(staging.as_ref(), &fresh, page, "a").await;
-
-        let principal = Principal::new(owner(0, owners).to_string(), org_id("bench")).with_role("sales");
-        let keys: Vec<PartitionKey> =
-            sync_core::filter::principal_partitions(&principal, &[profile], &[account_meta()])
-                .unwrap()
-                .iter()
-                .map(sync_core::Partition::key)
-                .collect();
-        let (pulled_fresh, pull_fresh) = pull_everything(staging.as_ref(), &keys, pull_page).await;
-        let (all_fresh, all_fresh_time) = pull_everything(staging.as_ref(), &keys[..1], pull_page).await;
-        let update_time = ingest(staging.as_ref(), &updated, page, "b").await;
-        let (pulled_updated, pull_updated) = pull_everything(staging.as_ref(), &keys, pull_page).await;
-        (
-            ingest_time,
-            update_time,
-            pulled_fresh,
-            pull_fresh,
-            pulled_updated,
-            pull_updated,
-            all_fresh,
-            all_fresh_time,
-        )
+        (store, staging)
     });
+    let principal = Principal::new(owner(0, owners).to_string(), org_id("bench")).with_role("sales");
+    let keys: Vec<PartitionKey> =
+        sync_core::filter::principal_partitions(&principal, &[profile], &[account_meta()])
+            .unwrap()
+            .iter()
+            .map(sync_core::Partition::key)
+            .collect();
+    let s = staging.as_ref();
+    let ours_ingest = phase(n, timed(|| rt.block_on(async { ingest(s, &fresh, page, "a").await; })));
+    let mut pulled = 0;
+    let pull_fresh = timed(|| pulled = rt.block_on(pull_everything(s, &keys, pull_page)).0);
+    let pull_fresh = phase(pulled, ((), pull_fresh.1, pull_fresh.2));
+    let pull_active = timed(|| pulled = rt.block_on(pull_everything(s, &keys[..1], pull_page)).0);
+    let pull_active = phase(pulled, ((), pull_active.1, pull_active.2));
+    let ours_update = phase(n, timed(|| rt.block_on(async { ingest(s, &updated, page, "b").await; })));
+    let pull_updated = timed(|| pulled = rt.block_on(pull_everything(s, &keys, pull_page)).0);
+    let pull_updated = phase(pulled, ((), pull_updated.1, pull_updated.2));
+    drop((staging, store));
 
-    let line = |what: &str, ours: f64, raw: f64| {
-        println!("{what:<44} {ours:>12.0} rows/s   raw {raw:>12.0} rows/s   ratio {:.2}", ours / raw);
-    };
     println!();
-    line("ingest (new rows, pages, 2 items)", rate(n, ours_ingest), rate(n, raw_ingest));
-    line("ingest (updates, random order)", rate(n, ours_update), rate(n, raw_update));
-    line(
-        &format!("pull fresh: active + mine ({pulled_fresh} rows)"),
-        rate(pulled_fresh, pull_fresh),
-        rate(n, raw_scan_fresh),
-    );
-    line(
-        &format!("pull fresh: active only ({all_fresh} rows)"),
-        rate(all_fresh, all_fresh_time),
-        rate(n, raw_scan_fresh),
-    );
-    line(
-        &format!("pull after updates ({pulled_updated} rows)"),
-        rate(pulled_updated, pull_updated),
-        rate(n, raw_scan_updated),
-    );
     println!(
-        "\ntimes: raw insert {:.2?}, raw update {:.2?}, raw scan {:.2?} / {:.2?}; store ingest {:.2?}, update {:.2?}, \
-         pull {:.2?} / {:.2?}",
-        raw_ingest,
-        raw_update,
-        raw_scan_fresh,
-        raw_scan_updated,
-        ours_ingest,
-        ours_update,
-        pull_fresh,
-        pull_updated
+        "{:<40} {:>11} {:>11} {:>6}   {:>11} {:>11} {:>6}",
+        "", "store", "raw", "ratio", "store/cpu", "raw/cpu", "ratio"
+    );
+    let line = |what: &str, ours: &Phase, raw: &Phase| {
+        let (ow, rw) = (rate(ours.rows, ours.wall), rate(raw.rows, raw.wall));
+        let (oc, rc) = (rate(ours.rows, ours.cpu), rate(raw.rows, raw.cpu));
+        println!(
+            "{what:<40} {ow:>11.0} {rw:>11.0} {:>6.2}   {oc:>11.0} {rc:>11.0} {:>6.2}",
+            ow / rw,
+            oc / rc
+        );
+    };
+    line("ingest, new rows (rows/s)", &ours_ingest, &raw_ingest);
+    line("ingest, updates in random order", &ours_update, &raw_update);
+    line(&format!("pull, active + mine ({} rows)", pull_fresh.rows), &pull_fresh, &raw_scan_fresh);
+    line(&format!("pull, active only ({} rows)", pull_active.rows), &pull_active, &raw_scan_fresh);
+    line(&format!("pull after updates ({} rows)", pull_updated.rows), &pull_updated, &raw_scan_updated);
+    println!(
+        "\nwall: raw insert {:.2?}, update {:.2?}, scan {:.2?} / {:.2?}; store ingest {:.2?}, update {:.2?}, \
+         pull {:.2?} / {:.2?} / {:.2?}",
+        raw_ingest.wall,
+        raw_update.wall,
+        raw_scan_fresh.wall,
+        raw_scan_updated.wall,
+        ours_ingest.wall,
+        ours_update.wall,
+        pull_fresh.wall,
+        pull_active.wall,
+        pull_updated.wall
     );
 }

@@ -3,10 +3,12 @@
 //!
 //! * `_sync_partitions` maps each partition key to a small integer `pid`
 //!   and holds the partition's checksum (sum, count).
-//! * `_sync_membership` is clustered by `(pid, seq)`: a pull scans its
-//!   partition's range in seq order without a secondary index. An entry
-//!   holds the row (entity id, row number, row id), the row version it
-//!   refers to, and whether it is a remove.
+//! * `_sync_membership` is keyed by one integer, `id = pid << 40 | seq`
+//!   ([`entry_id`]): the entries of a partition form one contiguous range
+//!   in seq order, so a pull scans its range without a secondary index and
+//!   fresh rows append. An entry holds the row (entity id, row number), the
+//!   row version it refers to, whether it is a remove, and — for removes
+//!   only, as the row may be gone — the row id.
 //! * Each staging row carries `_sync_parts`, the list of its entries: for
 //!   every partition it is in, or left and whose tombstone may still exist,
 //!   the pid and seq of the entry (see [`Parts`]). Replacing an op deletes
@@ -89,9 +91,22 @@ pub(crate) struct Member<'a> {
     pub(crate) row_id: &'a RowId,
 }
 
-const DELETE_ENTRY: &str = "DELETE FROM _sync_membership WHERE pid = ?1 AND seq = ?2";
-const INSERT_ENTRY: &str = "INSERT INTO _sync_membership (pid, seq, eid, rid, row_id, version, removed) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/// Bits of an entry id that hold the seq.
+pub(crate) const SEQ_BITS: u32 = 40;
+/// The largest seq an entry id can hold (about 10^12).
+pub(crate) const MAX_SEQ: i64 = (1 << SEQ_BITS) - 1;
+
+/// The key of the entry of partition `pid` at `seq`.
+pub(crate) fn entry_id(pid: i64, seq: i64) -> R<i64> {
+    if !(0..=MAX_SEQ).contains(&seq) || !(0..(1 << (63 - SEQ_BITS))).contains(&pid) {
+        return Err(StoreError::Corrupt(format!("membership entry ({pid}, {seq}) is out of range")));
+    }
+    Ok((pid << SEQ_BITS) | seq)
+}
+
+const DELETE_ENTRY: &str = "DELETE FROM _sync_membership WHERE id = ?1";
+const INSERT_ENTRY: &str = "INSERT INTO _sync_membership (id, eid, rid, version, removed, row_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 /// What the writer knows of a partition: the entity its entries belong to
 /// (`None` before the first), whether entries of several entities were
@@ -193,7 +208,7 @@ impl<'c> MembershipWriter<'c> {
         put: Option<Seq>,
     ) -> R<PartRef> {
         if let Some(old) = old {
-            self.delete.execute([pid, old.seq])?;
+            self.delete.execute([entry_id(pid, old.seq)?])?;
             if !old.removed {
                 self.delta(pid, m, old_version, false);
             }
@@ -202,13 +217,12 @@ impl<'c> MembershipWriter<'c> {
         let seq_i = version_param(seq)?;
         let version = put.unwrap_or(seq);
         self.insert.execute(rusqlite::params![
-            pid,
-            seq_i,
+            entry_id(pid, seq_i)?,
             m.eid,
             m.rid,
-            m.row_id.as_str(),
             version_param(version)?,
-            put.is_none()
+            put.is_none(),
+            put.is_none().then(|| m.row_id.as_str())
         ])?;
         if put.is_some() {
             self.delta(pid, m, version, true);
@@ -220,8 +234,8 @@ impl<'c> MembershipWriter<'c> {
     pub(crate) fn entry_version(&self, pid: i64, seq: i64) -> R<Option<Seq>> {
         let v: Option<i64> = self
             .conn
-            .prepare_cached("SELECT version FROM _sync_membership WHERE pid = ?1 AND seq = ?2")?
-            .query_row([pid, seq], |r| r.get(0))
+            .prepare_cached("SELECT version FROM _sync_membership WHERE id = ?1")?
+            .query_row([entry_id(pid, seq)?], |r| r.get(0))
             .optional()?;
         v.map(seq_of).transpose()
     }

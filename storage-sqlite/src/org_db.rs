@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::error::{R, StoreError};
 use crate::membership::MembershipWriter;
-use crate::membership::{Member, PartRef, Parts};
+use crate::membership::{MAX_SEQ, Member, PartRef, Parts, entry_id};
 use crate::sql::{ConnSettings, open, quote};
 use crate::table::{
     PARTS_COLUMN, RESERVED_PREFIX, RID_COLUMN, Stored, Table, VERSION_COLUMN, seq_of, version_param,
@@ -61,19 +61,17 @@ CREATE TABLE IF NOT EXISTS _sync_partitions (
     mixed          INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS _sync_membership (
-    pid     INTEGER NOT NULL,
-    seq     INTEGER NOT NULL,
+    id      INTEGER PRIMARY KEY,
     eid     INTEGER NOT NULL,
     rid     INTEGER NOT NULL,
-    row_id  TEXT NOT NULL,
     version INTEGER NOT NULL,
     removed INTEGER NOT NULL,
-    PRIMARY KEY (pid, seq)
-) WITHOUT ROWID;
+    row_id  TEXT
+);
 CREATE VIEW IF NOT EXISTS _sync_membership_view AS
-    SELECT p.key AS partition, s.entity, m.row_id, m.seq, m.version, m.removed
+    SELECT p.key AS partition, s.entity, m.rid, m.row_id, m.id & 1099511627775 AS seq, m.version, m.removed
     FROM _sync_membership m
-    JOIN _sync_partitions p ON p.pid = m.pid
+    JOIN _sync_partitions p ON p.pid = m.id >> 40
     JOIN _sync_schemas s ON s.eid = m.eid;
 CREATE TABLE IF NOT EXISTS _sync_tokens (
     entity TEXT PRIMARY KEY,
@@ -725,6 +723,8 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
         let mut last = *pos;
         let remaining = max_rows.saturating_sub(changes.len());
         let limit = (remaining + 1) as i64;
+        let from = entry_id(pid, version_param(*pos)?)?;
+        let to = entry_id(pid, MAX_SEQ)?;
         let (single, mixed): (Option<i64>, bool) = tx
             .prepare_cached("SELECT eid, mixed FROM _sync_partitions WHERE pid = ?1")?
             .query_row([pid], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -741,7 +741,7 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             }
             let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
             let mut stmt = tx.prepare_cached(&table.pull_join_sql())?;
-            let mut rows = stmt.query(rusqlite::params![pid, version_param(*pos)?, limit])?;
+            let mut rows = stmt.query(rusqlite::params![from, to, limit])?;
             while let Some(r) = rows.next()? {
                 if changes.len() >= max_rows {
                     more = true;
@@ -761,7 +761,7 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                             table.meta.name
                         )));
                     }
-                    let staged = table.decode_at(r, 3)?.staged;
+                    let staged = table.decode_at(r, 3, false)?.staged;
                     let size = staged.row.approx_size();
                     (staged.row.id.clone(), Some(staged), size)
                 };
@@ -783,10 +783,10 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             continue;
         }
         let mut stmt = tx.prepare_cached(
-            "SELECT seq, eid, rid, removed, row_id FROM _sync_membership \
-             WHERE pid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            "SELECT id & 1099511627775, eid, rid, removed, row_id FROM _sync_membership \
+             WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
         )?;
-        let mut rows = stmt.query(rusqlite::params![pid, version_param(*pos)?, limit])?;
+        let mut rows = stmt.query(rusqlite::params![from, to, limit])?;
         while let Some(r) = rows.next()? {
             if changes.len() >= max_rows {
                 more = true;
@@ -909,9 +909,9 @@ pub(crate) fn purge_tombstones(conn: &mut Connection, up_to: Seq) -> R<u64> {
     let mut deleted = 0u64;
     {
         let mut stmt =
-            tx.prepare_cached("DELETE FROM _sync_membership WHERE pid = ?1 AND seq <= ?2 AND removed = 1")?;
+            tx.prepare_cached("DELETE FROM _sync_membership WHERE id > ?1 AND id <= ?2 AND removed = 1")?;
         for pid in pids {
-            deleted += stmt.execute(rusqlite::params![pid, version_param(up_to)?])? as u64;
+            deleted += stmt.execute([entry_id(pid, 0)?, entry_id(pid, version_param(up_to)?)?])? as u64;
         }
     }
     if up_to > tombstone_floor(&tx)? {

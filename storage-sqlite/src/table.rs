@@ -42,6 +42,8 @@ pub(crate) struct Table {
     pub(crate) name: String,
     key_index: usize,
     int_key: bool,
+    /// Attribute indexes in column-name order.
+    by_name: Vec<usize>,
     select_list: String,
     select_by_key: String,
     select_by_rid: String,
@@ -57,6 +59,8 @@ impl Table {
             StoreError::Corrupt(format!("entity '{}' has no primary key attribute", meta.name))
         })?;
         let int_key = meta.attributes[key_index].ty == AttributeType::Integer;
+        let mut by_name: Vec<usize> = (0..meta.attributes.len()).collect();
+        by_name.sort_by(|a, b| meta.attributes[*a].name.cmp(&meta.attributes[*b].name));
         let name = quote(meta.name.as_str());
         let key = quote(meta.attributes[key_index].name.as_str());
         let rid = quote(RID_COLUMN);
@@ -87,6 +91,7 @@ impl Table {
             name,
             key_index,
             int_key,
+            by_name,
             select_list,
         })
     }
@@ -127,16 +132,17 @@ impl Table {
         })
     }
 
-    /// Selects the membership entries of one partition after a seq, in seq
-    /// order, each with its row of this table (null columns for removes):
-    /// `?1` pid, `?2` seq, `?3` limit. Columns: seq, removed, row_id, then
-    /// the select list.
+    /// Selects the membership entries of one partition in an entry-id
+    /// range (`?1` exclusive, `?2` inclusive, `?3` limit), in seq order,
+    /// each with its row of this table (null columns for removes).
+    /// Columns: seq, removed, row_id, then the select list.
     pub(crate) fn pull_join_sql(&self) -> String {
         let cols: Vec<String> = self.select_list.split(", ").map(|c| format!("t.{c}")).collect();
         format!(
-            "SELECT m.seq, m.removed, m.row_id, {} FROM _sync_membership m \
+            "SELECT m.id & {}, m.removed, m.row_id, {} FROM _sync_membership m \
              LEFT JOIN {} t ON t.{} = m.rid AND m.removed = 0 \
-             WHERE m.pid = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3",
+             WHERE m.id > ?1 AND m.id <= ?2 ORDER BY m.id LIMIT ?3",
+            crate::membership::MAX_SEQ,
             cols.join(", "),
             self.name,
             quote(RID_COLUMN)
@@ -234,31 +240,38 @@ impl Table {
 
     /// Decodes a row selected with this table's select list.
     pub(crate) fn decode_row(&self, r: &rusqlite::Row<'_>) -> R<Stored> {
-        self.decode_at(r, 0)
+        self.decode_at(r, 0, true)
     }
 
-    /// Decodes this table's select list starting at column `at`.
-    pub(crate) fn decode_at(&self, r: &rusqlite::Row<'_>, at: usize) -> R<Stored> {
+    /// Decodes this table's select list starting at column `at`; the
+    /// membership references only `with_parts` (pulls do not need them).
+    pub(crate) fn decode_at(&self, r: &rusqlite::Row<'_>, at: usize, with_parts: bool) -> R<Stored> {
         let rid: i64 = r.get(at)?;
-        let mut values = std::collections::BTreeMap::new();
-        let mut id = None;
-        for (i, a) in self.meta.attributes.iter().enumerate() {
-            let v = decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?;
-            if i == self.key_index {
-                id = Some(RowId::new(v.canonical_text()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-            }
-            values.insert(a.name.clone(), v);
+        let attrs = &self.meta.attributes;
+        let mut decoded: Vec<Option<sync_core::Value>> = Vec::with_capacity(attrs.len());
+        for (i, a) in attrs.iter().enumerate() {
+            decoded.push(Some(decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?));
         }
-        let n = at + self.meta.attributes.len();
+        let id = match decoded.get(self.key_index) {
+            Some(Some(v)) => {
+                RowId::new(canonical_key_text(v)).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
+            _ => return Err(StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name))),
+        };
+        // Built from name order: a bulk build, not one insert per column.
+        let values: std::collections::BTreeMap<_, _> = self
+            .by_name
+            .iter()
+            .map(|&i| (attrs[i].name.clone(), decoded[i].take().unwrap_or(sync_core::Value::Null)))
+            .collect();
+        let n = at + attrs.len();
         let version: i64 = r.get(n + 1)?;
         let parts = match r.get_ref(n + 2)? {
-            rusqlite::types::ValueRef::Text(t) => {
+            rusqlite::types::ValueRef::Text(t) if with_parts => {
                 Parts::parse(std::str::from_utf8(t).map_err(|e| StoreError::Corrupt(e.to_string()))?)?
             }
             _ => Parts::default(),
         };
-        let id =
-            id.ok_or_else(|| StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name)))?;
         Ok(Stored { rid, staged: StagedRow { row: Row { id, values }, version: seq_of(version)? }, parts })
     }
 
@@ -298,6 +311,20 @@ impl Table {
             Some(r) => Ok(Some(self.decode_row(r)?.staged)),
             None => Ok(None),
         }
+    }
+}
+
+/// The canonical text of a key value (as [`sync_core::Value::canonical_text`],
+/// without the detour through JSON for the common key types).
+fn canonical_key_text(v: &sync_core::Value) -> String {
+    match v {
+        sync_core::Value::String(s) => s.clone(),
+        sync_core::Value::Integer(i) => i.to_string(),
+        sync_core::Value::Uuid(u) => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            u.hyphenated().encode_lower(&mut buf).to_owned()
+        }
+        other => other.canonical_text(),
     }
 }
 

@@ -156,16 +156,17 @@ pub fn recompute(
 }
 
 /// Reads the live membership and the checksums straight from an org's file.
-pub fn stored_membership(path: &Path, entity: &EntityName) -> Membership {
+pub fn stored_membership(path: &Path, meta: &EntityMetadata) -> Membership {
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut out: Membership = BTreeMap::new();
-    let mut stmt = conn
-        .prepare(
-            "SELECT partition, row_id, version FROM _sync_membership_view WHERE entity = ?1 AND removed = 0",
-        )
-        .unwrap();
-    let mut rows = stmt.query([entity.as_str()]).unwrap();
+    let sql = format!(
+        "SELECT v.partition, CAST(t.\"{}\" AS TEXT), v.version FROM _sync_membership_view v \
+         JOIN \"{}\" t ON t._sync_rid = v.rid WHERE v.entity = ?1 AND v.removed = 0",
+        meta.primary_key, meta.name
+    );
+    let mut stmt = conn.prepare(&sql).unwrap();
+    let mut rows = stmt.query([meta.name.as_str()]).unwrap();
     while let Some(r) = rows.next().unwrap() {
         let key: String = r.get(0).unwrap();
         let id: String = r.get(1).unwrap();
@@ -196,7 +197,7 @@ pub async fn assert_membership_recomputes(store: &SqliteStagingStore, org: &OrgI
     let profiles = staging.profiles().await.unwrap();
     let rows = all_rows(staging.as_ref(), &meta.name).await;
     let expected = recompute(meta, &profiles, &rows);
-    let stored = stored_membership(&store.org_path(org), &meta.name);
+    let stored = stored_membership(&store.org_path(org), meta);
     assert_eq!(stored.len(), expected.len(), "partitions differ");
     for (key, (members, checksum)) in &expected {
         let got = stored.get(key).unwrap_or_else(|| panic!("partition {key} missing"));
