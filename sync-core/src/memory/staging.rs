@@ -81,7 +81,9 @@ impl MemoryStagingStore {
     }
 
     fn control(&self) -> Result<MutexGuard<'_, Control>> {
-        self.control.lock().map_err(|_| Error::internal("in-memory staging control plane poisoned by a panic"))
+        self.control
+            .lock()
+            .map_err(|_| Error::internal("in-memory staging control plane poisoned by a panic"))
     }
 }
 
@@ -131,7 +133,9 @@ impl StagingStore for MemoryStagingStore {
         match base_url {
             Some(url) => {
                 if url.trim().is_empty() {
-                    return Err(Error::invalid(format!("org '{org}': the directory needs a non-empty base URL")));
+                    return Err(Error::invalid(format!(
+                        "org '{org}': the directory needs a non-empty base URL"
+                    )));
                 }
                 control.directory.insert(org.clone(), url);
             }
@@ -377,7 +381,8 @@ impl OrgState {
             return Ok(SchemaChange::Unchanged);
         }
         let old = &current.meta;
-        if !current.rows.is_empty() && (old.primary_key != meta.primary_key || old.key_type()? != meta.key_type()?)
+        if !current.rows.is_empty()
+            && (old.primary_key != meta.primary_key || old.key_type()? != meta.key_type()?)
         {
             return Err(Error::invalid(format!(
                 "entity '{}': the primary key cannot change from {} ({}) to {} ({}) while rows are staged",
@@ -576,10 +581,9 @@ impl OrgState {
             let mut reached = head;
             let mut last = *position;
             for (seq, member) in part.log.range((Bound::Excluded(*position), Bound::Unbounded)) {
-                let entry = part
-                    .members
-                    .get(member)
-                    .ok_or_else(|| Error::internal(format!("partition '{key}': log entry {seq} has no member")))?;
+                let entry = part.members.get(member).ok_or_else(|| {
+                    Error::internal(format!("partition '{key}': log entry {seq} has no member"))
+                })?;
                 let row = if entry.removed {
                     None
                 } else {
@@ -600,7 +604,9 @@ impl OrgState {
                     Some(staged) => staged.row.approx_size(),
                     None => entry.row_id.as_str().len() + REMOVE_OVERHEAD,
                 };
-                if !changes.is_empty() && (changes.len() >= max_rows || bytes.saturating_add(size) > plan.max_bytes) {
+                if !changes.is_empty()
+                    && (changes.len() >= max_rows || bytes.saturating_add(size) > plan.max_bytes)
+                {
                     more = true;
                     reached = last;
                     break;
@@ -660,10 +666,9 @@ impl MemoryOrg {
 
     /// Locks the state of a live org; `NotFound` once it was dropped.
     fn state(&self) -> Result<MutexGuard<'_, OrgState>> {
-        let guard = self
-            .state
-            .lock()
-            .map_err(|_| Error::internal(format!("in-memory staging of org '{}' poisoned by a panic", self.id)))?;
+        let guard = self.state.lock().map_err(|_| {
+            Error::internal(format!("in-memory staging of org '{}' poisoned by a panic", self.id))
+        })?;
         if guard.dropped {
             return Err(Error::not_found(format!("org '{}'", self.id)));
         }
@@ -685,10 +690,9 @@ impl MemoryOrg {
 
     /// Forgets everything and fails every later call with `NotFound`.
     fn retire(&self) -> Result<()> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| Error::internal(format!("in-memory staging of org '{}' poisoned by a panic", self.id)))?;
+        let mut state = self.state.lock().map_err(|_| {
+            Error::internal(format!("in-memory staging of org '{}' poisoned by a panic", self.id))
+        })?;
         *state = OrgState { dropped: true, ..OrgState::default() };
         Ok(())
     }
