@@ -817,3 +817,206 @@ impl OrgStaging for MemoryOrg {
         Ok(self.state()?.status(&self.id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ColumnName, ItemId};
+    use crate::org::OrgSourceConfig;
+    use crate::partition::Partition;
+    use crate::profile::ProfileItem;
+    use crate::schema::{Attribute, AttributeType};
+
+    fn col(s: &str) -> ColumnName {
+        ColumnName::new(s).unwrap()
+    }
+
+    fn ent(s: &str) -> EntityName {
+        EntityName::new(s).unwrap()
+    }
+
+    fn meta() -> EntityMetadata {
+        EntityMetadata::new(
+            ent("task"),
+            col("taskid"),
+            vec![
+                Attribute::new(col("taskid"), AttributeType::Uuid),
+                Attribute::new(col("subject"), AttributeType::String),
+                Attribute::new(col("priority"), AttributeType::Integer),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn id(n: u128) -> RowId {
+        RowId::new(uuid::Uuid::from_u128(n).to_string()).unwrap()
+    }
+
+    fn task(n: u128, priority: i64) -> Row {
+        Row::new(id(n), [(col("subject"), Value::from("s")), (col("priority"), Value::Integer(priority))])
+    }
+
+    fn key(profile: &str, item: &str) -> PartitionKey {
+        Partition {
+            profile: ProfileName::new(profile).unwrap(),
+            item: ItemId::new(item).unwrap(),
+            entity: ent("task"),
+            params: BTreeMap::new(),
+        }
+        .key()
+    }
+
+    fn profile(filter: &str) -> Profile {
+        let mut item = ProfileItem::new(ent("task"), filter);
+        item.id = Some(ItemId::new("tasks").unwrap());
+        Profile { name: ProfileName::new("p").unwrap(), roles: ["r".to_owned()].into(), items: vec![item] }
+    }
+
+    async fn org() -> (MemoryStagingStore, Arc<dyn OrgStaging>) {
+        let store = MemoryStagingStore::new();
+        let id = OrgId::new("o").unwrap();
+        let source = OrgSourceConfig { kind: "demo".into(), settings: BTreeMap::new() };
+        store.create_org(&OrgConfig::new(id.clone(), source)).await.unwrap();
+        let staging = store.org(&id).await.unwrap();
+        staging.apply_schema(&meta()).await.unwrap();
+        (store, staging)
+    }
+
+    fn page(rows: Vec<Row>) -> ChangePage {
+        ChangePage { upserts: rows, ..ChangePage::default() }
+    }
+
+    #[tokio::test]
+    async fn retype_gives_changed_rows_new_versions_and_puts() {
+        let (_store, staging) = org().await;
+        staging.put_profile(&profile("")).await.unwrap();
+        let mut null_priority = task(2, 0);
+        null_priority.values.insert(col("priority"), Value::Null);
+        staging.apply_changes(&ent("task"), &page(vec![task(1, 5), null_priority])).await.unwrap();
+        let before = staging.head().await.unwrap();
+        let v2 = staging.row(&ent("task"), &id(2)).await.unwrap().unwrap().version;
+
+        // Adding a column changes no version.
+        let mut added = meta();
+        added.attributes.push(Attribute::new(col("due"), AttributeType::DateTime));
+        staging.apply_schema(&added).await.unwrap();
+        assert_eq!(staging.head().await.unwrap(), before);
+
+        // Retyping: row 1's value changes form (a new version), row 2's null does not.
+        let mut retyped = added.clone();
+        retyped.attributes[2].ty = AttributeType::Decimal;
+        assert_eq!(staging.apply_schema(&retyped).await.unwrap(), SchemaChange::Altered);
+        let r1 = staging.row(&ent("task"), &id(1)).await.unwrap().unwrap();
+        assert!(r1.version > before);
+        assert_eq!(r1.row.get("priority"), Some(&Value::Decimal(5.into())));
+        assert_eq!(staging.row(&ent("task"), &id(2)).await.unwrap().unwrap().version, v2);
+        let plan =
+            PullPlan { partitions: vec![(key("p", "tasks"), before)], max_rows: 10, max_bytes: usize::MAX };
+        let pulled = staging.pull(&plan).await.unwrap();
+        let got: Vec<RowId> = pulled.changes.iter().map(|c| c.row_id.clone()).collect();
+        assert_eq!(got, vec![id(1)], "clients re-read exactly the rows whose data changed");
+    }
+
+    #[tokio::test]
+    async fn schema_changes_that_break_a_profile_or_the_key_are_refused() {
+        let (_store, staging) = org().await;
+        staging.put_profile(&profile("priority gt 1")).await.unwrap();
+        staging.apply_changes(&ent("task"), &page(vec![task(1, 5)])).await.unwrap();
+        let version = staging.schema_version().await.unwrap();
+
+        let mut without = meta();
+        without.attributes.retain(|a| a.name.as_str() != "priority");
+        let err = staging.apply_schema(&without).await.unwrap_err();
+        assert!(err.to_string().contains("profile 'p'"), "{err}");
+
+        let mut rekeyed = meta();
+        rekeyed.attributes.push(Attribute::new(col("code"), AttributeType::String));
+        rekeyed.primary_key = col("code");
+        assert_eq!(staging.apply_schema(&rekeyed).await.unwrap_err().kind(), crate::ErrorKind::InvalidInput);
+        assert_eq!(staging.schema_version().await.unwrap(), version);
+        assert_eq!(staging.schemas().await.unwrap(), vec![meta()]);
+    }
+
+    #[tokio::test]
+    async fn purge_floor_is_capped_at_head() {
+        let (_store, staging) = org().await;
+        staging.apply_changes(&ent("task"), &page(vec![task(1, 1)])).await.unwrap();
+        let head = staging.head().await.unwrap();
+        staging.purge_tombstones(Seq(1000)).await.unwrap();
+        assert_eq!(staging.tombstone_floor().await.unwrap(), head);
+        let plan = PullPlan { partitions: vec![(key("p", "tasks"), head)], max_rows: 1, max_bytes: 1 };
+        assert!(staging.pull(&plan).await.is_ok(), "a client at the head stays valid");
+    }
+
+    #[tokio::test]
+    async fn pull_budget_stops_mid_partition_and_keeps_later_positions() {
+        let (_store, staging) = org().await;
+        staging.put_profile(&profile("")).await.unwrap();
+        let mut other = profile("priority gt 2");
+        other.name = ProfileName::new("q").unwrap();
+        staging.put_profile(&other).await.unwrap();
+        staging
+            .apply_changes(&ent("task"), &page((1..=5).map(|n| task(n, n as i64)).collect()))
+            .await
+            .unwrap();
+        let plan = PullPlan {
+            partitions: vec![(key("p", "tasks"), Seq::ZERO), (key("q", "tasks"), Seq::ZERO)],
+            max_rows: 2,
+            max_bytes: usize::MAX,
+        };
+        let page = staging.pull(&plan).await.unwrap();
+        assert!(page.more);
+        assert_eq!(page.changes.len(), 2);
+        assert_eq!(page.positions[0].1, page.changes[1].seq);
+        assert_eq!(page.positions[1].1, Seq::ZERO);
+        assert!(page.checksums.is_none());
+
+        let dup = PullPlan {
+            partitions: vec![(key("p", "tasks"), Seq::ZERO), (key("p", "tasks"), Seq::ZERO)],
+            max_rows: 2,
+            max_bytes: 2,
+        };
+        assert_eq!(staging.pull(&dup).await.unwrap_err().kind(), crate::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn ids_are_canonicalised_and_bad_delete_ids_refused() {
+        let (_store, staging) = org().await;
+        staging.apply_changes(&ent("task"), &page(vec![task(1, 1)])).await.unwrap();
+        let upper = RowId::new(id(1).as_str().to_uppercase()).unwrap();
+        assert!(staging.row(&ent("task"), &upper).await.unwrap().is_some());
+        let deletes = ChangePage { deletes: vec![upper], ..ChangePage::default() };
+        assert_eq!(staging.apply_changes(&ent("task"), &deletes).await.unwrap().deleted, 1);
+        let bad = ChangePage {
+            deletes: vec![RowId::new("nope").unwrap()],
+            next_token: Some(ChangeToken("t".into())),
+            ..ChangePage::default()
+        };
+        assert_eq!(
+            staging.apply_changes(&ent("task"), &bad).await.unwrap_err().kind(),
+            crate::ErrorKind::InvalidInput
+        );
+        assert_eq!(staging.source_token(&ent("task")).await.unwrap(), None);
+        assert_eq!(staging.source_token(&ent("unstaged")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn runs_of_unstaged_entities_show_in_status() {
+        let (_store, staging) = org().await;
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let report = SyncRunReport { entity: ent("later"), at, rows_applied: 0, error: Some("down".into()) };
+        staging.record_run(&report).await.unwrap();
+        let status = staging.status().await.unwrap();
+        let later = status.entities.iter().find(|e| e.entity == ent("later")).unwrap();
+        assert_eq!(later.schema_hash, "");
+        assert_eq!(later.last_error.as_deref(), Some("down"));
+    }
+
+    #[tokio::test]
+    async fn directory_refuses_blank_urls() {
+        let store = MemoryStagingStore::new();
+        let org = OrgId::new("o").unwrap();
+        assert!(store.set_org_location(&org, Some("  ".into())).await.is_err());
+        assert_eq!(store.org_location(&org).await.unwrap(), None);
+    }
+}
