@@ -31,9 +31,9 @@
 //! - `mock`: mockall mocks of the traits (`MockStagingStore`, …).
 
 pub mod auth;
+pub mod conflict;
 #[cfg(feature = "conformance")]
 pub mod conformance;
-pub mod conflict;
 pub mod cursor;
 pub mod error;
 pub mod filter;

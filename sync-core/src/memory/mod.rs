@@ -6,3 +6,5 @@
 mod queue;
 mod source;
 mod staging;
+
+pub use queue::MemoryQueue;
