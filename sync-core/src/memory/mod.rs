@@ -8,3 +8,4 @@ mod source;
 mod staging;
 
 pub use queue::MemoryQueue;
+pub use source::{MemoryConnector, MemorySource, SourceOp};
