@@ -97,6 +97,11 @@ const HIDDEN: Duration = Duration::from_secs(60);
 const SHORT_LEASE: Duration = Duration::from_millis(250);
 /// Sleeping this long lets a [`SHORT_LEASE`] run out, with room to spare.
 const PAST_SHORT_LEASE: Duration = Duration::from_millis(700);
+/// A lease meant to run out, but only after a few more operations, however
+/// slow the adapter.
+const MEDIUM_LEASE: Duration = Duration::from_millis(1000);
+/// Sleeping this long lets a [`MEDIUM_LEASE`] run out, with room to spare.
+const PAST_MEDIUM_LEASE: Duration = Duration::from_millis(1500);
 
 fn fresh_queue(tag: &str) -> QueueName {
     QueueName::new(format!("conf_{tag}_{}", uuid::Uuid::new_v4().simple())).unwrap()
@@ -221,9 +226,9 @@ pub async fn check_extend_keeps_message_hidden<H: QueueHarness + ?Sized>(harness
     let q = q.as_ref();
     let name = fresh_queue("extend");
     send(q, &name, msg("long job")).await;
-    let d = recv(q, &name, SHORT_LEASE).await;
+    let d = recv(q, &name, MEDIUM_LEASE).await;
     q.extend(&d, HIDDEN).await.unwrap();
-    tokio::time::sleep(PAST_SHORT_LEASE).await;
+    tokio::time::sleep(PAST_MEDIUM_LEASE).await;
     assert_empty(q, &name, "the lease was extended").await;
     assert_eq!(q.depth(&name).await.unwrap(), depth(0, 0, 1, 0));
     q.extend(&d, HIDDEN).await.unwrap();
@@ -244,11 +249,11 @@ pub async fn check_abandon_with_delay<H: QueueHarness + ?Sized>(harness: &H) {
     let name = fresh_queue("abandon");
     let id = send(q, &name, msg("retry me")).await;
     let d1 = recv(q, &name, HIDDEN).await;
-    q.abandon(&d1, Duration::from_millis(600)).await.unwrap();
+    q.abandon(&d1, Duration::from_millis(1000)).await.unwrap();
     assert_empty(q, &name, "the message was abandoned with a delay").await;
     assert_eq!(q.depth(&name).await.unwrap(), depth(0, 1, 0, 0));
     assert_lost(q, &d1, "the lease was abandoned").await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(q.depth(&name).await.unwrap(), depth(1, 0, 0, 0), "the retry delay is over");
     let d2 = recv(q, &name, HIDDEN).await;
     assert_eq!(d2.message_id, id);
@@ -395,7 +400,7 @@ pub async fn check_not_before<H: QueueHarness + ?Sized>(harness: &H) {
     let q = harness.open().await;
     let q = q.as_ref();
     let name = fresh_queue("notbefore");
-    let at = SystemTime::now() + Duration::from_millis(1000);
+    let at = SystemTime::now() + Duration::from_millis(1500);
     let later = send(q, &name, msg("later").not_before(at)).await;
     send(q, &name, msg("now")).await;
     send(q, &name, msg("past").not_before(SystemTime::now() - Duration::from_secs(3600))).await;
@@ -454,12 +459,12 @@ pub async fn check_depth_counts<H: QueueHarness + ?Sized>(harness: &H) {
         send(q, &name, msg(body)).await;
     }
     send(q, &name, msg("delayed").not_before(SystemTime::now() + Duration::from_secs(3600))).await;
-    let leased = recv(q, &name, SHORT_LEASE).await;
+    let leased = recv(q, &name, MEDIUM_LEASE).await;
     assert_eq!(text(&leased), "leased");
     let dead = recv(q, &name, HIDDEN).await;
     q.dead_letter(&dead, "conformance").await.unwrap();
     assert_eq!(q.depth(&name).await.unwrap(), depth(1, 1, 1, 1));
-    tokio::time::sleep(PAST_SHORT_LEASE).await;
+    tokio::time::sleep(PAST_MEDIUM_LEASE).await;
     assert_eq!(q.depth(&name).await.unwrap(), depth(2, 1, 0, 1), "an expired lease is ready again");
 }
 
