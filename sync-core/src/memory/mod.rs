@@ -7,4 +7,6 @@ mod queue;
 mod source;
 mod staging;
 
+pub use queue::MemoryQueue;
+pub use source::{MemoryConnector, MemorySource, SourceOp};
 pub use staging::MemoryStagingStore;
