@@ -164,7 +164,10 @@ pub trait OrgStaging: Send + Sync {
     /// get a table; added attributes become null columns; removed ones are
     /// dropped; a changed type rebuilds the column, keeping values that
     /// convert (others become null). Bumps the schema version when anything
-    /// changed. Errors: `InvalidInput` for metadata that fails
+    /// changed. Every row whose non-null values change (a dropped column
+    /// that held a value, a retyped value that converts differently or to
+    /// null) gets a new version and membership puts, so a client that missed
+    /// an intermediate schema version still converges. Errors: `InvalidInput` for metadata that fails
     /// [`EntityMetadata::validate`]; nothing changes then.
     async fn apply_schema(&self, meta: &EntityMetadata) -> Result<SchemaChange>;
 

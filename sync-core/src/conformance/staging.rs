@@ -58,6 +58,7 @@ macro_rules! staging_store_conformance {
             check_org_lifecycle,
             check_org_directory,
             check_schema_evolution,
+            check_dropped_values_reversion_rows,
             check_invalid_schema_rejected,
             check_row_access,
             check_apply_is_atomic,
@@ -622,6 +623,44 @@ pub async fn check_schema_evolution(store: Arc<dyn StagingStore>) {
 /// Invalid metadata (duplicate columns, a missing or ill-typed key, too many
 /// columns) is refused and changes nothing; hostile identifiers cannot even
 /// be expressed; unknown entities are `NotFound`.
+/// A schema change that drops a column re-versions exactly the rows that
+/// held a value in it, with puts to their partitions, so a client that
+/// misses the schema version (the column dropped, then added again) is
+/// still sent the row without the old value.
+pub async fn check_dropped_values_reversion_rows(store: Arc<dyn StagingStore>) {
+    let staging = setup(&store, "contoso").await;
+    staging.put_profile(&profile("all", "rep", vec![item("acc", "account", "")])).await.unwrap();
+    let mut with_note = account(1, "a", 0, None);
+    with_note.values.insert(col("description"), Value::from("keep me?"));
+    let plain = account(2, "b", 0, None);
+    staging.apply_changes(&ent("account"), &upserts(vec![with_note, plain])).await.unwrap();
+    let v1 = staging.row(&ent("account"), &rid(1)).await.unwrap().unwrap().version;
+    let v2 = staging.row(&ent("account"), &rid(2)).await.unwrap().unwrap().version;
+    let head = staging.head().await.unwrap();
+
+    let mut dropped = account_meta();
+    dropped.attributes.retain(|a| a.name.as_str() != "description");
+    staging.apply_schema(&dropped).await.unwrap();
+    let r1 = staging.row(&ent("account"), &rid(1)).await.unwrap().unwrap();
+    let r2 = staging.row(&ent("account"), &rid(2)).await.unwrap().unwrap();
+    assert!(r1.version > v1, "a row that lost a value in the dropped column gets a new version");
+    assert_eq!(r2.version, v2, "a row whose dropped column was null keeps its version");
+    assert!(r1.row.get("description").is_none_or(Value::is_null));
+    let key = plain_key("all", "acc", "account");
+    let page = staging
+        .pull(&PullPlan { partitions: vec![(key.clone(), head)], max_rows: 100, max_bytes: 1 << 20 })
+        .await
+        .unwrap();
+    let puts = ids_in(&page.changes, &key, true);
+    assert_eq!(puts, BTreeSet::from([rid(1)]), "the re-versioned row is put again, the other is not");
+
+    // Added back: values stay null, nothing is re-versioned.
+    staging.apply_schema(&account_meta()).await.unwrap();
+    let again = staging.row(&ent("account"), &rid(1)).await.unwrap().unwrap();
+    assert_eq!(again.version, r1.version);
+    assert!(again.row.get("description").is_none_or(Value::is_null), "a re-added column starts null");
+}
+
 pub async fn check_invalid_schema_rejected(store: Arc<dyn StagingStore>) {
     let staging = setup(&store, "contoso").await;
     staging.apply_changes(&ent("account"), &upserts(vec![account(1, "A", 0, Some(1))])).await.unwrap();

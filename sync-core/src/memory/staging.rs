@@ -409,7 +409,7 @@ impl OrgState {
             }
         }
         let planner = MembershipPlanner::new(meta, &self.profile_list())?;
-        // Convert every row first; `bump` marks rows whose retyped values changed.
+        // Convert every row first; `bump` marks rows whose non-null values changed.
         let mut converted: Vec<(RowId, BTreeMap<_, _>, bool)> = Vec::with_capacity(current.rows.len());
         for (id, row) in &current.rows {
             let mut values = BTreeMap::new();
@@ -427,6 +427,15 @@ impl OrgState {
                 };
                 values.insert(attr.name.clone(), value);
             }
+            // A dropped column that held a value changes the row too: a client
+            // that misses this schema version (the column dropped, then added
+            // again) must still be sent the row without the old value.
+            bump |= row
+                .staged
+                .row
+                .values
+                .iter()
+                .any(|(c, v)| !v.is_null() && meta.attribute(c.as_str()).is_none());
             converted.push((id.clone(), values, bump));
         }
         // Nothing below fails.
