@@ -604,19 +604,23 @@ impl JwtAuthenticator {
         use jsonwebtoken::errors::ErrorKind as K;
         // Claims are read only to name a wrong iss/aud, after the signature
         // has been verified (jsonwebtoken validates claims last).
-        let claim = |name: &str| {
+        let present = |name: &str| {
             jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Json>>(token)
                 .ok()
                 .and_then(|c| c.get(name).cloned())
                 .map(|v| v.to_string())
-                .unwrap_or_else(|| "(unreadable)".to_owned())
         };
+        let claim = |name: &str| present(name).unwrap_or_else(|| "(unreadable)".to_owned());
         let failure = match e.kind() {
             K::InvalidSignature => AuthFailure::BadSignature,
             K::ExpiredSignature => AuthFailure::Expired,
             K::ImmatureSignature => AuthFailure::NotYetValid,
             K::InvalidIssuer => AuthFailure::WrongIssuer(claim("iss")),
             K::InvalidAudience => AuthFailure::WrongAudience(claim("aud")),
+            // jsonwebtoken reports a required claim of the wrong type as missing.
+            K::MissingRequiredClaim(name) if present(name).is_some() => {
+                AuthFailure::BadClaim { claim: name.clone(), problem: "is malformed".to_owned() }
+            }
             K::MissingRequiredClaim(name) => AuthFailure::MissingClaim(name.clone()),
             K::InvalidClaimFormat(name) => {
                 AuthFailure::BadClaim { claim: name.clone(), problem: "is malformed".to_owned() }
