@@ -270,7 +270,12 @@ fn classify_send_error(uri: &Uri, e: &hyper_util::client::legacy::Error) -> Http
         if s.downcast_ref::<rustls::Error>().is_some() {
             return HttpError::Tls { uri: uri.clone(), detail };
         }
-        source = s.source();
+        // An io::Error wrapping another error reports that error's source,
+        // not the error itself; step into it instead.
+        source = match s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
     }
     if e.is_connect() {
         HttpError::Connect { uri: uri.clone(), detail }

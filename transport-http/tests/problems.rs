@@ -1,5 +1,7 @@
 //! Problem responses and the JSON body extractor, over loopback sockets.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;
@@ -57,7 +59,11 @@ async fn every_error_kind_is_a_problem_with_its_status_and_type() {
         ("not-found", 404, "not found: org 'contoso'"),
         ("conflict", 409, "the lease is stale"),
         ("invalid-input", 400, "unexpected 'eqq' in the filter"),
-        ("limit-exceeded", 413, "limit 'rows_per_page' exceeded: the maximum is 1000, the request needed 25000"),
+        (
+            "limit-exceeded",
+            413,
+            "limit 'rows_per_page' exceeded: the maximum is 1000, the request needed 25000",
+        ),
         ("unauthenticated", 401, "the token has expired"),
         ("forbidden", 403, "alice may not read org 'fabrikam'"),
         ("resync-required", 410, "the cursor is older than the tombstone window"),
@@ -84,7 +90,10 @@ async fn every_error_kind_is_a_problem_with_its_status_and_type() {
             // Retry-After is whole seconds, rounded up.
             "unavailable" => assert_eq!(
                 decoded,
-                Error::Unavailable { message: "the store is busy".into(), retry_after: Some(Duration::from_secs(3)) }
+                Error::Unavailable {
+                    message: "the store is busy".into(),
+                    retry_after: Some(Duration::from_secs(3))
+                }
             ),
             _ => assert_eq!(decoded, sample(kind), "{kind}"),
         }
@@ -95,7 +104,10 @@ async fn every_error_kind_is_a_problem_with_its_status_and_type() {
 async fn problem_extension_members() {
     let base = app().await;
     let limit = send(Method::GET, &format!("{base}/error/limit-exceeded"), &[], "").await.json();
-    assert_eq!((limit["limit"].as_str(), limit["max"].as_u64(), limit["requested"].as_u64()), (Some("rows_per_page"), Some(1000), Some(25000)));
+    assert_eq!(
+        (limit["limit"].as_str(), limit["max"].as_u64(), limit["requested"].as_u64()),
+        (Some("rows_per_page"), Some(1000), Some(25000))
+    );
     let invalid = send(Method::GET, &format!("{base}/error/invalid-input"), &[], "").await.json();
     assert_eq!(invalid["position"], 9);
     let internal = send(Method::GET, &format!("{base}/error/internal"), &[], "").await.json();
@@ -130,8 +142,13 @@ async fn json_bodies_are_decoded() {
     let ok = send(Method::POST, &url, &json_ct(), r#"{"mutations": []}"#).await;
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.json(), json!({"mutations": 0}));
-    let with_charset =
-        send(Method::POST, &url, &[("content-type", "application/json; charset=utf-8")], r#"{"mutations":[]}"#).await;
+    let with_charset = send(
+        Method::POST,
+        &url,
+        &[("content-type", "application/json; charset=utf-8")],
+        r#"{"mutations":[]}"#,
+    )
+    .await;
     assert_eq!(with_charset.status, StatusCode::OK);
 }
 

@@ -36,9 +36,8 @@ pub async fn serve_tls(router: Router) -> String {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&key("tls-server.cert.pem"))
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&key("tls-server.cert.pem")).collect::<Result<_, _>>().unwrap();
     let private = PrivateKeyDer::from_pem_slice(&key("tls-server.key.pem")).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -106,7 +105,8 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: imp
         builder = builder.header(*name, *value);
     }
     let request = builder.body(Full::new(body.into())).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request)).await.unwrap().unwrap();
+    let response =
+        tokio::time::timeout(Duration::from_secs(20), client.request(request)).await.unwrap().unwrap();
     let (parts, body) = response.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     Reply { status: parts.status, headers: parts.headers, body }
