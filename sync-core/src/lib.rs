@@ -31,13 +31,15 @@
 //! - `mock`: mockall mocks of the traits (`MockStagingStore`, …).
 
 pub mod auth;
+pub mod conflict;
 #[cfg(feature = "conformance")]
 pub mod conformance;
-pub mod conflict;
 pub mod cursor;
+pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod ids;
+pub mod inprocess;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod org;
@@ -48,6 +50,7 @@ pub mod protocol;
 pub mod queue;
 pub mod row;
 pub mod schema;
+pub mod service;
 pub mod source;
 pub mod staging;
 pub mod transport;
@@ -56,11 +59,13 @@ pub mod value;
 pub use auth::Authenticator;
 pub use conflict::{ConflictContext, ConflictResolver, Resolution};
 pub use cursor::{Cursor, CursorCodec};
+pub use engine::{Provisioner, StagingSync, WorkerConfig, WorkerRunner, WorkerSet};
 pub use error::{Error, ErrorKind, Result};
 pub use filter::MembershipPlanner;
 pub use ids::{
     ChangeToken, ColumnName, EntityName, ItemId, MutationId, OrgId, ProfileName, QueueName, RowId, Seq,
 };
+pub use inprocess::InProcessTransport;
 pub use org::{OrgConfig, OrgSourceConfig, OrgStatus, ProvisioningEvent, SyncRunReport, SyncWorkItem};
 pub use partition::{Checksum, MembershipOp, Partition, PartitionKey};
 pub use principal::Principal;
@@ -68,6 +73,7 @@ pub use profile::{ConflictPolicy, Profile, ProfileItem};
 pub use queue::{Delivery, Message, WorkQueue};
 pub use row::{ChangePage, Mutation, MutationOp, Row, StagedRow};
 pub use schema::{Attribute, AttributeType, EntityMetadata};
+pub use service::{SyncConfig, SyncService};
 pub use source::{MetadataSource, SourceConnector};
 pub use staging::{OrgStaging, StagingStore};
 pub use transport::SyncTransport;

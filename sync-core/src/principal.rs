@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 use crate::ids::OrgId;
 use crate::value::Value;
 
-/// The role that may use the admin operations.
+/// The role that may use the admin operations on its own org.
 pub const ADMIN_ROLE: &str = "sync-admin";
+/// The role that may use the admin operations on every org (a deployment's
+/// operators: provisioning new orgs, queues, the org directory).
+pub const OPERATOR_ROLE: &str = "sync-operator";
 
 /// Who is calling: produced by an [`Authenticator`](crate::auth::Authenticator)
 /// from a credential, and the only source of user parameters in filters.

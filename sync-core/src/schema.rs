@@ -161,8 +161,18 @@ impl EntityMetadata {
     /// Parses a row id from text into the key's canonical form
     /// (e.g. upper-case UUIDs become lower-case).
     pub fn parse_row_id(&self, text: &str) -> Result<RowId> {
-        let v = Value::String(text.to_owned()).coerce(self.key_type()?)?;
-        RowId::new(v.canonical_text())
+        RowId::new(self.key_value(text)?.canonical_text())
+    }
+
+    /// The typed primary key value written as `text`.
+    pub fn key_value(&self, text: &str) -> Result<Value> {
+        match self.key_type()? {
+            AttributeType::Integer => text
+                .parse::<i64>()
+                .map(Value::Integer)
+                .map_err(|_| Error::invalid(format!("row id {text:?} is not an integer key"))),
+            ty => Value::String(text.to_owned()).coerce(ty),
+        }
     }
 
     /// Checks a row against this schema and returns it in canonical form:
@@ -170,8 +180,7 @@ impl EntityMetadata {
     /// from the row id (or checked against it), unknown columns rejected,
     /// missing columns filled with null.
     pub fn check_row(&self, row: Row) -> Result<Row> {
-        let key_ty = self.key_type()?.clone();
-        let id_value = Value::String(row.id.as_str().to_owned()).coerce(&key_ty)?;
+        let id_value = self.key_value(row.id.as_str())?;
         let id = RowId::new(id_value.canonical_text())?;
         let mut values = std::collections::BTreeMap::new();
         for (name, v) in row.values {

@@ -1,0 +1,157 @@
+//! `pull`: membership ops after the caller's cursor, column-wise.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use super::{CallerView, SyncService, bounded_wait};
+use crate::cursor::Cursor;
+use crate::error::{Error, Result};
+use crate::ids::{ColumnName, OrgId, Seq};
+use crate::partition::PartitionKey;
+use crate::principal::Principal;
+use crate::protocol::{Batch, PullRequest, PullResponse};
+use crate::schema::EntityMetadata;
+use crate::staging::{PullPage, PullPlan};
+use crate::value::Value;
+
+impl SyncService {
+    /// `POST pull`: the changes of the caller's partitions after its cursor.
+    ///
+    /// New partitions (a changed profile, new claims) are read from the
+    /// start; partitions the caller no longer holds are simply absent from
+    /// `partitions`, and the client drops rows only they held. With
+    /// `wait_ms`, an up-to-date caller waits for a change to one of its
+    /// partitions (woken by the store's head notification, no polling).
+    ///
+    /// Errors: `ResyncRequired` for a cursor that is garbage, altered,
+    /// another org's or user's, or older than the tombstone window;
+    /// `InvalidInput`/`LimitExceeded` for a bad `limit`; `Forbidden` /
+    /// `NotFound` as for [`SyncService::profile`].
+    pub async fn pull(
+        &self,
+        principal: &Principal,
+        org: &OrgId,
+        request: &PullRequest,
+    ) -> Result<PullResponse> {
+        let config = &self.inner.config;
+        let limit = match request.limit {
+            None => config.max_rows_per_page,
+            Some(0) => return Err(Error::invalid("limit must be at least 1")),
+            Some(n) if n as usize > config.max_rows_per_page => {
+                return Err(Error::limit("max_rows_per_page", config.max_rows_per_page as u64, u64::from(n)));
+            }
+            Some(n) => n as usize,
+        };
+        let view = self.caller_view(principal, org).await?;
+        let cursor = match &request.cursor {
+            None => Cursor::start(org.clone(), principal.user_id.clone()),
+            Some(text) => self.inner.codec.decode(text, org, &principal.user_id)?,
+        };
+        let keys: Vec<PartitionKey> = view.partitions.iter().map(|p| p.key()).collect();
+        let plan = PullPlan {
+            partitions: keys
+                .iter()
+                .map(|k| (k.clone(), cursor.positions.get(k).copied().unwrap_or(Seq::ZERO)))
+                .collect(),
+            max_rows: limit,
+            max_bytes: config.max_bytes_per_page,
+        };
+        let wait = bounded_wait(request.wait_ms, config.max_wait_ms);
+        let deadline = Instant::now() + wait;
+        let mut head_rx = view.org.watch_head();
+        let page = loop {
+            head_rx.borrow_and_update();
+            let page = view.org.pull(&plan).await?;
+            let schema_changed = cursor.schema_version != view.schema_version;
+            if !page.changes.is_empty() || page.more || schema_changed || request.cursor.is_none() {
+                break page;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break page;
+            }
+            // Nothing new for this caller: wait for the org's head to move,
+            // then look again (a change in someone else's partition wakes us
+            // but is filtered out by the next read).
+            match tokio::time::timeout(deadline - now, head_rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => break page,
+            }
+        };
+        self.respond(&view, cursor, keys, page)
+    }
+
+    fn respond(
+        &self,
+        view: &CallerView,
+        mut cursor: Cursor,
+        keys: Vec<PartitionKey>,
+        page: PullPage,
+    ) -> Result<PullResponse> {
+        let schemas_due = cursor.schema_version != view.schema_version || cursor.positions.is_empty();
+        // Columns sent per partition: the item's subset (key first) or all.
+        let mut columns: HashMap<PartitionKey, (&EntityMetadata, Vec<ColumnName>)> = HashMap::new();
+        for p in &view.partitions {
+            let Some(meta) = view.schema(&p.entity) else { continue };
+            let mut cols = vec![meta.primary_key.clone()];
+            match view.item_of(p).and_then(|i| i.columns.as_ref()) {
+                Some(subset) => cols.extend(subset.iter().filter(|c| **c != meta.primary_key).cloned()),
+                None => cols.extend(
+                    meta.attributes.iter().map(|a| a.name.clone()).filter(|c| *c != meta.primary_key),
+                ),
+            }
+            columns.insert(p.key(), (meta, cols));
+        }
+        let mut batches: Vec<Batch> = Vec::new();
+        for change in page.changes {
+            let Some((meta, cols)) = columns.get(&change.partition) else {
+                return Err(Error::internal(format!(
+                    "store returned unplanned partition {}",
+                    change.partition
+                )));
+            };
+            let fresh = batches.last().is_none_or(|b| b.partition != change.partition);
+            if fresh {
+                batches.push(Batch {
+                    entity: meta.name.clone(),
+                    partition: change.partition.clone(),
+                    columns: cols.clone(),
+                    puts: Vec::new(),
+                    versions: Vec::new(),
+                    removes: Vec::new(),
+                });
+            }
+            let Some(batch) = batches.last_mut() else { continue };
+            match change.row {
+                Some(staged) => {
+                    let values: Vec<Value> = cols
+                        .iter()
+                        .map(|c| staged.row.values.get(c).cloned().unwrap_or(Value::Null))
+                        .collect();
+                    batch.puts.push(values);
+                    batch.versions.push(staged.version);
+                }
+                None => batch.removes.push(change.row_id),
+            }
+        }
+        let mut positions: BTreeMap<PartitionKey, Seq> = BTreeMap::new();
+        for (k, s) in page.positions {
+            positions.insert(k, s);
+        }
+        // Partitions the caller no longer holds are dropped from the cursor.
+        positions.retain(|k, _| keys.contains(k));
+        cursor.positions = positions;
+        cursor.schema_version = view.schema_version;
+        let entities: std::collections::BTreeSet<_> = view.partitions.iter().map(|p| &p.entity).collect();
+        Ok(PullResponse {
+            schema_version: view.schema_version,
+            schemas: schemas_due
+                .then(|| view.schemas.iter().filter(|m| entities.contains(&m.name)).cloned().collect()),
+            partitions: view.partition_infos(),
+            batches,
+            checksums: if page.more { None } else { page.checksums },
+            cursor: self.inner.codec.encode(&cursor)?,
+            has_more: page.more,
+        })
+    }
+}
