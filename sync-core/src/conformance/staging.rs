@@ -620,9 +620,6 @@ pub async fn check_schema_evolution(store: Arc<dyn StagingStore>) {
     assert_eq!(p3.row.get("price"), Some(&Value::Decimal("3.25".parse().unwrap())));
 }
 
-/// Invalid metadata (duplicate columns, a missing or ill-typed key, too many
-/// columns) is refused and changes nothing; hostile identifiers cannot even
-/// be expressed; unknown entities are `NotFound`.
 /// A schema change that drops a column re-versions exactly the rows that
 /// held a value in it, with puts to their partitions, so a client that
 /// misses the schema version (the column dropped, then added again) is
@@ -661,6 +658,9 @@ pub async fn check_dropped_values_reversion_rows(store: Arc<dyn StagingStore>) {
     assert!(again.row.get("description").is_none_or(Value::is_null), "a re-added column starts null");
 }
 
+/// Invalid metadata (duplicate columns, a missing or ill-typed key, too many
+/// columns) is refused and changes nothing; hostile identifiers cannot even
+/// be expressed; unknown entities are `NotFound`.
 pub async fn check_invalid_schema_rejected(store: Arc<dyn StagingStore>) {
     let staging = setup(&store, "contoso").await;
     staging.apply_changes(&ent("account"), &upserts(vec![account(1, "A", 0, Some(1))])).await.unwrap();
