@@ -254,9 +254,19 @@ fn main() {
          version INTEGER NOT NULL); CREATE INDEX raw_version ON raw (version);",
     )
     .unwrap();
-    let raw_ingest = phase(n, timed(|| { raw_upsert(&mut raw, &fresh, 1); }));
+    let raw_ingest = phase(
+        n,
+        timed(|| {
+            raw_upsert(&mut raw, &fresh, 1);
+        }),
+    );
     let raw_scan_fresh = phase(n, timed(|| assert_eq!(raw_scan(&raw).0, n)));
-    let raw_update = phase(n, timed(|| { raw_upsert(&mut raw, &updated, n as i64 + 1); }));
+    let raw_update = phase(
+        n,
+        timed(|| {
+            raw_upsert(&mut raw, &updated, n as i64 + 1);
+        }),
+    );
     let raw_scan_updated = phase(n, timed(|| assert_eq!(raw_scan(&raw).0, n)));
     drop(raw);
 
@@ -285,13 +295,27 @@ fn main() {
             .map(sync_core::Partition::key)
             .collect();
     let s = staging.as_ref();
-    let ours_ingest = phase(n, timed(|| rt.block_on(async { ingest(s, &fresh, page, "a").await; })));
+    let ours_ingest = phase(
+        n,
+        timed(|| {
+            rt.block_on(async {
+                ingest(s, &fresh, page, "a").await;
+            })
+        }),
+    );
     let mut pulled = 0;
     let pull_fresh = timed(|| pulled = rt.block_on(pull_everything(s, &keys, pull_page)).0);
     let pull_fresh = phase(pulled, ((), pull_fresh.1, pull_fresh.2));
     let pull_active = timed(|| pulled = rt.block_on(pull_everything(s, &keys[..1], pull_page)).0);
     let pull_active = phase(pulled, ((), pull_active.1, pull_active.2));
-    let ours_update = phase(n, timed(|| rt.block_on(async { ingest(s, &updated, page, "b").await; })));
+    let ours_update = phase(
+        n,
+        timed(|| {
+            rt.block_on(async {
+                ingest(s, &updated, page, "b").await;
+            })
+        }),
+    );
     let pull_updated = timed(|| pulled = rt.block_on(pull_everything(s, &keys, pull_page)).0);
     let pull_updated = phase(pulled, ((), pull_updated.1, pull_updated.2));
     drop((staging, store));

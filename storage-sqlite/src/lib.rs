@@ -137,6 +137,7 @@
 //! ```
 
 mod error;
+mod journal;
 mod membership;
 mod org_db;
 mod queue;

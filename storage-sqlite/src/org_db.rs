@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS _sync_meta (
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO _sync_meta (key, value) VALUES
     ('format', 1), ('head', 0), ('schema_version', 0), ('tombstone_floor', 0);
+CREATE TABLE IF NOT EXISTS _sync_info (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _sync_schemas (
     eid         INTEGER PRIMARY KEY,
     entity      TEXT NOT NULL UNIQUE,
@@ -97,6 +101,11 @@ pub(crate) fn create_file(path: &Path, settings: &ConnSettings) -> R<()> {
     let mut conn = open(path, settings, true, false)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(ORG_DDL)?;
+    // This creation of the org: a new file gets a new id, an existing one keeps its own.
+    tx.execute(
+        "INSERT OR IGNORE INTO _sync_info (key, value) VALUES ('incarnation', ?1)",
+        [uuid::Uuid::new_v4().simple().to_string()],
+    )?;
     let format = meta_get(&tx, "format")?;
     if format != FORMAT_VERSION {
         return Err(StoreError::Corrupt(format!(
@@ -119,6 +128,13 @@ fn meta_set(conn: &Connection, key: &str, value: i64) -> R<()> {
     conn.prepare_cached("UPDATE _sync_meta SET value = ?2 WHERE key = ?1")?
         .execute(rusqlite::params![key, value])?;
     Ok(())
+}
+
+/// The id of this creation of the org (see [`sync_core::OrgStaging::incarnation`]).
+pub(crate) fn incarnation(conn: &Connection) -> R<String> {
+    conn.query_row("SELECT value FROM _sync_info WHERE key = 'incarnation'", [], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt("the org database has no incarnation".into()))
 }
 
 /// The org's head seq.
@@ -333,6 +349,36 @@ fn evolve_table(tx: &Transaction<'_>, old: &EntityMetadata, new: &EntityMetadata
         return Ok(());
     }
     let retyped = new.attributes.iter().any(|a| old.attribute(a.name.as_str()).is_some_and(|o| o.ty != a.ty));
+    // Rows that lose a value to a dropped column change: new versions (the
+    // recomputation that follows re-puts them in their partitions).
+    let dropped: Vec<String> = old
+        .attributes
+        .iter()
+        .filter(|a| new.attribute(a.name.as_str()).is_none())
+        .map(|a| format!("{} IS NOT NULL", quote(a.name.as_str())))
+        .collect();
+    if !retyped && !dropped.is_empty() {
+        let rids: Vec<i64> = {
+            let sql = format!(
+                "SELECT {rid} FROM {} WHERE {} ORDER BY {rid}",
+                old_table.name,
+                dropped.join(" OR "),
+                rid = quote(RID_COLUMN)
+            );
+            let mut stmt = tx.prepare(&sql)?;
+            stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        let mut bump = tx.prepare(&format!(
+            "UPDATE {} SET {} = ?2 WHERE {} = ?1",
+            old_table.name,
+            quote(VERSION_COLUMN),
+            quote(RID_COLUMN)
+        ))?;
+        for rid in rids {
+            *head = head.next();
+            bump.execute([rid, version_param(*head)?])?;
+        }
+    }
     if !retyped {
         for a in &old.attributes {
             if new.attribute(a.name.as_str()).is_none() {
@@ -722,7 +768,7 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
         };
         let mut last = *pos;
         let remaining = max_rows.saturating_sub(changes.len());
-        let limit = (remaining + 1) as i64;
+        let limit = i64::try_from(remaining.saturating_add(1)).unwrap_or(i64::MAX);
         let from = entry_id(pid, version_param(*pos)?)?;
         let to = entry_id(pid, MAX_SEQ)?;
         let (single, mixed): (Option<i64>, bool) = tx
@@ -765,11 +811,11 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                     let size = staged.row.approx_size();
                     (staged.row.id.clone(), Some(staged), size)
                 };
-                if !changes.is_empty() && bytes + size > plan.max_bytes {
+                if !changes.is_empty() && bytes.saturating_add(size) > plan.max_bytes {
                     more = true;
                     break;
                 }
-                bytes += size;
+                bytes = bytes.saturating_add(size);
                 last = seq;
                 changes.push(PulledChange {
                     partition: key.clone(),
@@ -815,11 +861,11 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                 let size = staged.row.approx_size();
                 (staged.row.id.clone(), Some(staged), size)
             };
-            if !changes.is_empty() && bytes + size > plan.max_bytes {
+            if !changes.is_empty() && bytes.saturating_add(size) > plan.max_bytes {
                 more = true;
                 break;
             }
-            bytes += size;
+            bytes = bytes.saturating_add(size);
             last = seq;
             changes.push(PulledChange {
                 partition: key.clone(),
@@ -930,8 +976,7 @@ pub(crate) fn mutation_result(conn: &Connection, id: &MutationId) -> R<Option<Mu
         .map(|(fingerprint, outcome, checkpoint)| {
             Ok(MutationRecord {
                 fingerprint,
-                outcome: serde_json::from_str(&outcome)
-                    .map_err(|e| corrupt_json("stored mutation outcome", e))?,
+                outcome: crate::journal::decode(&outcome)?,
                 checkpoint: seq_of(checkpoint)?,
             })
         })
@@ -958,7 +1003,7 @@ pub(crate) fn record_mutation(conn: &mut Connection, id: &MutationId, record: &M
             .execute(rusqlite::params![
                 id.to_string(),
                 record.fingerprint,
-                serde_json::to_string(&record.outcome).map_err(|e| corrupt_json("mutation outcome", e))?,
+                crate::journal::encode(&record.outcome)?,
                 version_param(record.checkpoint)?
             ])?;
         }

@@ -158,6 +158,7 @@ fn open_org(path: &Path, settings: &ConnSettings, read_only: bool) -> R<Connecti
 /// What every handle of one org incarnation shares.
 struct OrgShared {
     id: OrgId,
+    incarnation: String,
     path: PathBuf,
     head: watch::Sender<Seq>,
     /// Read-held by every operation; write-held by `drop_org`, which sets it
@@ -386,16 +387,21 @@ impl SqliteStagingStore {
         if !exists {
             return Err(Error::not_found(format!("org '{org}'")));
         }
+        let path = self.inner.org_path(org);
+        let settings = self.inner.settings.clone();
+        let (incarnation, head) = blocking(move || {
+            let conn = open(&path, &settings, false, true)?;
+            Ok((org_db::incarnation(&conn)?, org_db::head(&conn)?))
+        })
+        .await?;
         let shared = Arc::new(OrgShared {
             id: org.clone(),
+            incarnation,
             path: self.inner.org_path(org),
-            head: watch::channel(Seq::ZERO).0,
+            head: watch::channel(head).0,
             gate: tokio::sync::RwLock::new(false),
             alive: Arc::new(()),
         });
-        let db = self.inner.db(&shared);
-        let head = blocking(move || db.with_reader(|c| org_db::head(c))).await?;
-        shared.advance(head);
         lock(&self.inner.live).insert(org.clone(), shared.clone());
         Ok(shared)
     }
@@ -623,6 +629,10 @@ impl OrgStaging for SqliteOrgStaging {
         self.shared.id.clone()
     }
 
+    fn incarnation(&self) -> String {
+        self.shared.incarnation.clone()
+    }
+
     async fn apply_schema(&self, meta: &EntityMetadata) -> Result<SchemaChange> {
         let meta = meta.clone();
         let (change, head) = self.write(move |c| org_db::apply_schema(c, &meta)).await?;
@@ -695,9 +705,9 @@ impl OrgStaging for SqliteOrgStaging {
     }
 
     async fn head(&self) -> Result<Seq> {
-        let head = self.read(|c| org_db::head(c)).await?;
-        self.shared.advance(head);
-        Ok(head)
+        // Not published to the watch here: a caller may hold a borrow of
+        // the watch across this call.
+        self.read(|c| org_db::head(c)).await
     }
 
     fn watch_head(&self) -> watch::Receiver<Seq> {
