@@ -196,7 +196,29 @@ pub async fn assert_membership_recomputes(store: &SqliteStagingStore, org: &OrgI
     let staging = sync_core::StagingStore::org(store, org).await.unwrap();
     let profiles = staging.profiles().await.unwrap();
     let rows = all_rows(staging.as_ref(), &meta.name).await;
-    let expected = recompute(meta, &profiles, &rows);
+    check_membership(store, org, meta, &profiles, &rows);
+}
+
+/// Asserts that the store's membership of `meta` equals a recomputation
+/// from `rows` (the staged rows, read by the caller) under `profile`.
+pub fn assert_membership_matches(
+    store: &SqliteStagingStore,
+    org: &OrgId,
+    meta: &EntityMetadata,
+    profile: &Profile,
+    rows: &BTreeMap<RowId, (Row, Seq)>,
+) {
+    check_membership(store, org, meta, std::slice::from_ref(profile), rows);
+}
+
+fn check_membership(
+    store: &SqliteStagingStore,
+    org: &OrgId,
+    meta: &EntityMetadata,
+    profiles: &[Profile],
+    rows: &BTreeMap<RowId, (Row, Seq)>,
+) {
+    let expected = recompute(meta, profiles, rows);
     let stored = stored_membership(&store.org_path(org), meta);
     assert_eq!(stored.len(), expected.len(), "partitions differ");
     for (key, (members, checksum)) in &expected {
