@@ -782,8 +782,8 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             _ => None,
         };
         if let Some(eid) = joined {
-            if !tables.contains_key(&eid) {
-                tables.insert(eid, Table::new(load_schema_by_id(&tx, eid)?.meta)?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = tables.entry(eid) {
+                slot.insert(Table::new(load_schema_by_id(&tx, eid)?.meta)?);
             }
             let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
             let mut stmt = tx.prepare_cached(&table.pull_join_sql())?;
@@ -842,8 +842,8 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             let eid: i64 = r.get(1)?;
             let rid: i64 = r.get(2)?;
             let removed: bool = r.get(3)?;
-            if !tables.contains_key(&eid) {
-                tables.insert(eid, Table::new(load_schema_by_id(&tx, eid)?.meta)?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = tables.entry(eid) {
+                slot.insert(Table::new(load_schema_by_id(&tx, eid)?.meta)?);
             }
             let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
             let (row_id, row, size) = if removed {

@@ -192,7 +192,7 @@ async fn sigkill_loses_and_duplicates_nothing() {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         // Most kills land while pages are being written: wait for the child
         // to start, then a random while; some land during start-up.
-        let early = rng.next() % 8 == 0;
+        let early = rng.next().is_multiple_of(8);
         if !early {
             let mut line = String::new();
             let deadline = Instant::now() + Duration::from_secs(60);

@@ -312,7 +312,7 @@ async fn ingestion_membership_and_pull() {
     let user = owner(1, 4).to_string();
     let principal = Principal::new(user.clone(), org_id("contoso")).with_role("sales");
     let parts =
-        sync_core::filter::principal_partitions(&principal, &[profile.clone()], &[account_meta()]).unwrap();
+        sync_core::filter::principal_partitions(&principal, std::slice::from_ref(&profile), &[account_meta()]).unwrap();
     let keys: Vec<PartitionKey> = parts.iter().map(Partition::key).collect();
     assert_eq!(
         keys,
@@ -350,7 +350,7 @@ async fn ingestion_membership_and_pull() {
     }
     assert!(pages > 5, "the byte and row budgets paged the pull ({pages} pages)");
     let rows = all_rows(staging.as_ref(), &account).await;
-    let expected = recompute(&account_meta(), &[profile.clone()], &rows);
+    let expected = recompute(&account_meta(), std::slice::from_ref(&profile), &rows);
     for k in &keys {
         let got: BTreeSet<(String, u64)> = held
             .get(k)
@@ -464,7 +464,7 @@ async fn profile_changes_recompute_membership() {
     assert_eq!(staging.profile(&profile.name).await.unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(staging.delete_profile(&profile.name).await.unwrap_err().kind(), ErrorKind::NotFound);
     assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
-    let p = pull_all(staging.as_ref(), &[key.clone()], 1000).await;
+    let p = pull_all(staging.as_ref(), std::slice::from_ref(&key), 1000).await;
     assert!(p.changes.iter().all(|c| c.row.is_none()));
     assert_eq!(p.checksums.unwrap()[&key], sync_core::Checksum::default());
 }

@@ -86,7 +86,7 @@ pub fn account_row(i: u64, generation: u64, owners: u64) -> Row {
             (col("numberofemployees"), Value::Integer(((i + generation) % 5000) as i64)),
             (
                 col("statecode"),
-                Value::Integer(i64::from((i % 10 == 0) != (generation % 2 == 1 && i % 50 < 2))),
+                Value::Integer(i64::from(i.is_multiple_of(10) != (generation % 2 == 1 && i % 50 < 2))),
             ),
             (col("ownerid"), Value::Uuid(owner(if i % 10 == 1 { i + generation } else { i }, owners))),
             (
@@ -98,7 +98,7 @@ pub fn account_row(i: u64, generation: u64, owners: u64) -> Row {
                     generation % 60
                 )),
             ),
-            (col("creditonhold"), Value::Boolean(i % 3 == 0)),
+            (col("creditonhold"), Value::Boolean(i.is_multiple_of(3))),
         ],
     )
 }
