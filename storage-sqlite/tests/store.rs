@@ -311,8 +311,12 @@ async fn ingestion_membership_and_pull() {
     // One user's view: the active partition plus their own.
     let user = owner(1, 4).to_string();
     let principal = Principal::new(user.clone(), org_id("contoso")).with_role("sales");
-    let parts =
-        sync_core::filter::principal_partitions(&principal, std::slice::from_ref(&profile), &[account_meta()]).unwrap();
+    let parts = sync_core::filter::principal_partitions(
+        &principal,
+        std::slice::from_ref(&profile),
+        &[account_meta()],
+    )
+    .unwrap();
     let keys: Vec<PartitionKey> = parts.iter().map(Partition::key).collect();
     assert_eq!(
         keys,
