@@ -68,7 +68,15 @@ mod client;
 mod config;
 #[cfg(feature = "server")]
 mod jwt;
+#[cfg(feature = "server")]
+mod metrics;
+#[cfg(feature = "server")]
+pub mod openapi;
 pub mod problem;
+#[cfg(feature = "server")]
+mod router;
+#[cfg(feature = "serve")]
+pub mod serve;
 #[cfg(feature = "client")]
 mod transport;
 
@@ -80,6 +88,8 @@ pub use bearer::{Authenticated, bearer_token};
 pub use client::TlsRoots;
 #[cfg(feature = "server")]
 pub use config::HttpConfig;
+#[cfg(feature = "server")]
+pub use router::{route_table, router};
 #[cfg(feature = "server")]
 pub use jwt::{DevToken, JwksUrl, JwtAlgorithm, JwtAuthenticator, JwtConfig, JwtKeys, MIN_SECRET_LEN};
 pub use problem::{PROBLEM_JSON, PROBLEM_TYPE_BASE, Problem, error_from_response, problem_type, status_of};
