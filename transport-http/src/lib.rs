@@ -89,9 +89,9 @@ pub use client::TlsRoots;
 #[cfg(feature = "server")]
 pub use config::HttpConfig;
 #[cfg(feature = "server")]
-pub use router::{route_table, router};
-#[cfg(feature = "server")]
 pub use jwt::{DevToken, JwksUrl, JwtAlgorithm, JwtAuthenticator, JwtConfig, JwtKeys, MIN_SECRET_LEN};
 pub use problem::{PROBLEM_JSON, PROBLEM_TYPE_BASE, Problem, error_from_response, problem_type, status_of};
+#[cfg(feature = "server")]
+pub use router::{route_table, router};
 #[cfg(feature = "client")]
 pub use transport::{HttpSyncTransport, HttpTransportConfig, RetryPolicy, TokenFn, TokenProvider, token_fn};

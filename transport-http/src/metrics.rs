@@ -4,7 +4,9 @@
 //! Every router owns its own [`prometheus::Registry`] (no process-wide
 //! state), so two routers in one process, or many tests, never share counts.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use sync_core::Error;
 
 /// Latency buckets in seconds: from half a millisecond (a "no changes" pull)
@@ -106,9 +108,12 @@ impl HttpMetrics {
 
     /// Sets a queue's depth gauges.
     pub(crate) fn set_queue_depth(&self, queue: &str, depth: &sync_core::queue::QueueDepth) {
-        for (state, n) in
-            [("ready", depth.ready), ("delayed", depth.delayed), ("leased", depth.leased), ("dead", depth.dead)]
-        {
+        for (state, n) in [
+            ("ready", depth.ready),
+            ("delayed", depth.delayed),
+            ("leased", depth.leased),
+            ("dead", depth.dead),
+        ] {
             self.queue_depth.with_label_values(&[queue, state]).set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
@@ -151,7 +156,10 @@ mod tests {
         m.observe("/v1/orgs/{org}/sync/pull", "POST", 200, 0.004);
         m.observe("unmatched", "GET", 404, 0.0001);
         m.rows_served(3, 1);
-        m.set_queue_depth("datasync", &sync_core::queue::QueueDepth { ready: 2, delayed: 1, leased: 0, dead: 4 });
+        m.set_queue_depth(
+            "datasync",
+            &sync_core::queue::QueueDepth { ready: 2, delayed: 1, leased: 0, dead: 4 },
+        );
         let text = String::from_utf8(m.render().unwrap()).unwrap();
         assert!(
             text.contains(

@@ -156,7 +156,9 @@ fn sync_ops(by_host: bool) -> [(&'static str, &'static str, Operation); 3] {
             Operation {
                 id: id("push", "pushByHost"),
                 tag: "sync",
-                summary: summary("Upload offline changes; a mutation id seen before returns its recorded result"),
+                summary: summary(
+                    "Upload offline changes; a mutation id seen before returns its recorded result",
+                ),
                 params: params(),
                 body: Some(json_body(schema("PushRequest"), true)),
                 ok: vec![(200, json_response("One result per mutation", schema("PushResponse"))), redirect()],
@@ -394,17 +396,20 @@ fn components() -> Json {
     let seq = json!({"type": "integer", "minimum": 0, "description": "An org-wide change sequence number"});
     let value = json!({"description": "An attribute value: null, string, number, boolean, or any JSON for json attributes; decimals, datetimes and UUIDs as strings"});
     let mut schemas = Map::new();
-    schemas.insert("Problem".into(), json!({
-                "type": "object", "required": ["type", "title", "status"],
-                "description": "RFC 9457 problem details; `type` is stable per error kind",
-                "properties": {
-                    "type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
-                    "status": {"type": "integer"}, "detail": {"type": "string"},
-                    "instance": {"type": "string"}, "limit": {"type": "string"},
-                    "max": {"type": "integer"}, "requested": {"type": "integer"},
-                    "position": {"type": "integer"}
-                }
-            }));
+    schemas.insert(
+        "Problem".into(),
+        json!({
+            "type": "object", "required": ["type", "title", "status"],
+            "description": "RFC 9457 problem details; `type` is stable per error kind",
+            "properties": {
+                "type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
+                "status": {"type": "integer"}, "detail": {"type": "string"},
+                "instance": {"type": "string"}, "limit": {"type": "string"},
+                "max": {"type": "integer"}, "requested": {"type": "integer"},
+                "position": {"type": "integer"}
+            }
+        }),
+    );
     schemas.insert("Status".into(), json!({"type": "object", "properties": {"status": {"type": "string"}}, "additionalProperties": {"type": "string"}}));
     schemas.insert("Value".into(), json!(value));
     schemas.insert("Seq".into(), json!(seq));
@@ -415,13 +420,22 @@ fn components() -> Json {
                     {"type": "object", "required": ["lookup"], "properties": {"lookup": {"type": "object", "required": ["target"], "properties": {"target": {"type": "string"}}}}}
                 ]
             }));
-    schemas.insert("Attribute".into(), json!({"type": "object", "required": ["name", "type"],
-                "properties": {"name": {"type": "string"}, "type": schema("AttributeType")}}));
-    schemas.insert("EntityMetadata".into(), json!({"type": "object", "required": ["name", "primary_key", "attributes"],
+    schemas.insert(
+        "Attribute".into(),
+        json!({"type": "object", "required": ["name", "type"],
+                "properties": {"name": {"type": "string"}, "type": schema("AttributeType")}}),
+    );
+    schemas.insert(
+        "EntityMetadata".into(),
+        json!({"type": "object", "required": ["name", "primary_key", "attributes"],
                 "properties": {"name": {"type": "string"}, "primary_key": {"type": "string"},
-                    "attributes": {"type": "array", "items": schema("Attribute")}}}));
-    schemas.insert("PartitionInfo".into(), json!({"type": "object", "required": ["key", "entity"],
-                "properties": {"key": {"type": "string"}, "entity": {"type": "string"}}}));
+                    "attributes": {"type": "array", "items": schema("Attribute")}}}),
+    );
+    schemas.insert(
+        "PartitionInfo".into(),
+        json!({"type": "object", "required": ["key", "entity"],
+                "properties": {"key": {"type": "string"}, "entity": {"type": "string"}}}),
+    );
     schemas.insert("ProfileResponse".into(), json!({"type": "object", "required": ["org", "user_id", "profiles", "partitions", "schema_version", "schemas"],
                 "properties": {"org": {"type": "string"}, "user_id": {"type": "string"},
                     "profiles": {"type": "array", "items": {"type": "string"}},
@@ -438,8 +452,11 @@ fn components() -> Json {
                     "puts": {"type": "array", "items": {"type": "array", "items": schema("Value")}},
                     "versions": {"type": "array", "items": schema("Seq")},
                     "removes": {"type": "array", "items": {"type": "string"}}}}));
-    schemas.insert("Checksum".into(), json!({"type": "object", "required": ["sum", "count"],
-                "properties": {"sum": {"type": "integer"}, "count": {"type": "integer"}}}));
+    schemas.insert(
+        "Checksum".into(),
+        json!({"type": "object", "required": ["sum", "count"],
+                "properties": {"sum": {"type": "integer"}, "count": {"type": "integer"}}}),
+    );
     schemas.insert("PullResponse".into(), json!({"type": "object", "required": ["schema_version", "partitions", "batches", "cursor", "has_more"],
                 "properties": {"schema_version": {"type": "integer"},
                     "schemas": {"type": "array", "items": schema("EntityMetadata")},
@@ -447,29 +464,44 @@ fn components() -> Json {
                     "batches": {"type": "array", "items": schema("Batch")},
                     "checksums": {"type": "object", "additionalProperties": schema("Checksum")},
                     "cursor": {"type": "string"}, "has_more": {"type": "boolean"}}}));
-    schemas.insert("ClientMutation".into(), json!({"type": "object", "additionalProperties": false, "required": ["id", "entity", "op", "row_id"],
+    schemas.insert(
+        "ClientMutation".into(),
+        json!({"type": "object", "additionalProperties": false, "required": ["id", "entity", "op", "row_id"],
                 "properties": {"id": {"type": "string", "format": "uuid"}, "entity": {"type": "string"},
                     "op": {"type": "string", "enum": ["insert", "update", "delete"]},
                     "row_id": {"type": "string"}, "base_version": schema("Seq"),
-                    "values": {"type": "object", "additionalProperties": schema("Value")}}}));
-    schemas.insert("PushRequest".into(), json!({"type": "object", "additionalProperties": false, "required": ["mutations"],
-                "properties": {"mutations": {"type": "array", "items": schema("ClientMutation")}}}));
+                    "values": {"type": "object", "additionalProperties": schema("Value")}}}),
+    );
+    schemas.insert(
+        "PushRequest".into(),
+        json!({"type": "object", "additionalProperties": false, "required": ["mutations"],
+                "properties": {"mutations": {"type": "array", "items": schema("ClientMutation")}}}),
+    );
     schemas.insert("Row".into(), json!({"type": "object", "required": ["id", "values"],
                 "properties": {"id": {"type": "string"}, "values": {"type": "object", "additionalProperties": schema("Value")}}}));
-    schemas.insert("MutationResult".into(), json!({"type": "object", "required": ["id", "status"],
+    schemas.insert(
+        "MutationResult".into(),
+        json!({"type": "object", "required": ["id", "status"],
                 "properties": {"id": {"type": "string", "format": "uuid"},
                     "status": {"type": "string", "enum": ["applied", "conflict", "rejected"]},
                     "row": schema("Row"), "version": schema("Seq"), "server_row": schema("Row"),
-                    "reason": {"type": "string"}}}));
-    schemas.insert("PushResponse".into(), json!({"type": "object", "required": ["results", "write_checkpoint"],
+                    "reason": {"type": "string"}}}),
+    );
+    schemas.insert(
+        "PushResponse".into(),
+        json!({"type": "object", "required": ["results", "write_checkpoint"],
                 "properties": {"results": {"type": "array", "items": schema("MutationResult")},
-                    "write_checkpoint": schema("Seq")}}));
+                    "write_checkpoint": schema("Seq")}}),
+    );
     schemas.insert("OrgSourceConfig".into(), json!({"type": "object", "required": ["kind"],
                 "properties": {"kind": {"type": "string"}, "settings": {"type": "object", "additionalProperties": {"type": "string"}}}}));
-    schemas.insert("OrgConfig".into(), json!({"type": "object", "required": ["id", "source"],
+    schemas.insert(
+        "OrgConfig".into(),
+        json!({"type": "object", "required": ["id", "source"],
                 "properties": {"id": {"type": "string"}, "source": schema("OrgSourceConfig"),
                     "sync_interval_secs": {"type": "integer", "minimum": 1, "default": 60},
-                    "entity_intervals": {"type": "object", "additionalProperties": {"type": "integer"}}}}));
+                    "entity_intervals": {"type": "object", "additionalProperties": {"type": "integer"}}}}),
+    );
     schemas.insert("SendOutcome".into(), json!({"type": "object", "required": ["outcome", "message_id"],
                 "properties": {"outcome": {"type": "string", "enum": ["enqueued", "deduplicated"]}, "message_id": {"type": "string"}}}));
     schemas.insert("EntityStatus".into(), json!({"type": "object",
@@ -491,13 +523,22 @@ fn components() -> Json {
                     "items": {"type": "array", "items": schema("ProfileItem")}}}));
     schemas.insert("SyncNowRequest".into(), json!({"type": "object", "additionalProperties": false,
                 "properties": {"entity": {"type": "string", "description": "One entity; absent: every staged entity"}}}));
-    schemas.insert("SyncNowResponse".into(), json!({"type": "object", "required": ["enqueued"], "properties": {"enqueued": {"type": "integer"}}}));
-    schemas.insert("OrgLocation".into(), json!({"type": "object", "additionalProperties": false, "required": ["base_url"],
-                "properties": {"base_url": {"type": "string", "format": "uri"}}}));
+    schemas.insert(
+        "SyncNowResponse".into(),
+        json!({"type": "object", "required": ["enqueued"], "properties": {"enqueued": {"type": "integer"}}}),
+    );
+    schemas.insert(
+        "OrgLocation".into(),
+        json!({"type": "object", "additionalProperties": false, "required": ["base_url"],
+                "properties": {"base_url": {"type": "string", "format": "uri"}}}),
+    );
     schemas.insert("QueueDepth".into(), json!({"type": "object",
                 "properties": {"ready": {"type": "integer"}, "delayed": {"type": "integer"}, "leased": {"type": "integer"}, "dead": {"type": "integer"}}}));
-    schemas.insert("QueueReport".into(), json!({"type": "object", "required": ["queue", "depth"],
-                "properties": {"queue": {"type": "string"}, "depth": schema("QueueDepth")}}));
+    schemas.insert(
+        "QueueReport".into(),
+        json!({"type": "object", "required": ["queue", "depth"],
+                "properties": {"queue": {"type": "string"}, "depth": schema("QueueDepth")}}),
+    );
     schemas.insert("DeadLetter".into(), json!({"type": "object",
                 "properties": {"message_id": {"type": "string"},
                     "body": {"description": "The message body: its JSON, or text, or base64 (see body_encoding)"},
@@ -546,7 +587,8 @@ mod tests {
             .iter()
             .map(|(method, path)| (method.as_str().to_owned(), (*path).to_owned()))
             .collect();
-        let documented: std::collections::BTreeSet<(String, String)> = documented_routes().into_iter().collect();
+        let documented: std::collections::BTreeSet<(String, String)> =
+            documented_routes().into_iter().collect();
         assert_eq!(documented.len(), documented_routes().len(), "an operation is documented twice");
         let undocumented: Vec<_> = routed.difference(&documented).collect();
         let phantom: Vec<_> = documented.difference(&routed).collect();

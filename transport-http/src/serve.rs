@@ -62,7 +62,8 @@ pub async fn serve(
 /// usable certificate or key, or a key that does not match the certificate.
 pub fn tls_config_from_pem_files(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>> {
     let read = |path: &Path, what: &str| {
-        std::fs::read(path).map_err(|e| Error::invalid(format!("cannot read the TLS {what} {}: {e}", path.display())))
+        std::fs::read(path)
+            .map_err(|e| Error::invalid(format!("cannot read the TLS {what} {}: {e}", path.display())))
     };
     tls_config_from_pem(&read(cert_pem, "certificate")?, &read(key_pem, "key")?)
 }
@@ -104,9 +105,11 @@ pub async fn serve_tls(
         shutdown.await;
         trigger.graceful_shutdown(grace);
     });
-    let server =
-        axum_server::from_tcp_rustls(listener.into_std()?, axum_server::tls_rustls::RustlsConfig::from_config(tls))?
-            .handle(handle);
+    let server = axum_server::from_tcp_rustls(
+        listener.into_std()?,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )?
+    .handle(handle);
     let result = server.serve(router.into_make_service_with_connect_info::<SocketAddr>()).await;
     stopper.abort();
     result

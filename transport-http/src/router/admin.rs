@@ -327,7 +327,9 @@ mod tests {
         for ok in ["https://eu.sync.example.com", "http://127.0.0.1:8080", "https://x.example.com/prefix/"] {
             assert!(check_base_url(ok).is_ok(), "{ok}");
         }
-        for bad in ["ftp://x", "eu.sync.example.com", "https://", "https://x?y=1", "https://x/#f", "https://x/\n"] {
+        for bad in
+            ["ftp://x", "eu.sync.example.com", "https://", "https://x?y=1", "https://x/#f", "https://x/\n"]
+        {
             assert!(check_base_url(bad).is_err(), "{bad}");
         }
     }

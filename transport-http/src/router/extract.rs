@@ -33,9 +33,10 @@ where
 
 fn path_rejection(rejection: &PathRejection) -> ApiError {
     match rejection {
-        PathRejection::MissingPathParams(_) => {
-            ApiError::new(Error::internal(format!("route without its path parameters: {}", rejection.body_text())))
-        }
+        PathRejection::MissingPathParams(_) => ApiError::new(Error::internal(format!(
+            "route without its path parameters: {}",
+            rejection.body_text()
+        ))),
         _ => ApiError::new(Error::invalid(format!("the request path is invalid: {}", rejection.body_text()))),
     }
 }

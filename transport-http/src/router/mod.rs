@@ -11,10 +11,10 @@ mod sync;
 
 use std::sync::Arc;
 
-use axum::{Extension, Router};
 use axum::extract::FromRef;
 use axum::handler::Handler;
 use axum::routing::{MethodFilter, on};
+use axum::{Extension, Router};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Uri};
 use sync_core::{Authenticator, Error, OrgId, Principal, SyncService};

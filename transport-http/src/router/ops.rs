@@ -60,7 +60,9 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     }
     let body = metrics.render()?;
     let mut response = body.into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::TEXT_FORMAT));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::TEXT_FORMAT));
     Ok(response)
 }
 

@@ -45,7 +45,12 @@ enum Named {
 /// elsewhere, authenticates the caller and refuses a principal of another
 /// org — in that order, so a device is routed as DNS would route it, and
 /// nothing of an org is read for a caller who may not see it.
-async fn admit(state: &AppState, named: Named, op: Op, request: &Parts) -> Result<(OrgId, Principal), Refusal> {
+async fn admit(
+    state: &AppState,
+    named: Named,
+    op: Op,
+    request: &Parts,
+) -> Result<(OrgId, Principal), Refusal> {
     let org = match &named {
         Named::Path(segment) => org_from_path(segment)?,
         Named::Host => org_from_host(state, request)?,
@@ -61,8 +66,9 @@ async fn admit(state: &AppState, named: Named, op: Op, request: &Parts) -> Resul
         }
     };
     if let Some(location) = state.redirect_for(&org, &redirect_path).await? {
-        let location = HeaderValue::try_from(location.as_str())
-            .map_err(|_| Error::internal(format!("the org directory holds an unusable URL for org '{org}'")))?;
+        let location = HeaderValue::try_from(location.as_str()).map_err(|_| {
+            Error::internal(format!("the org directory holds an unusable URL for org '{org}'"))
+        })?;
         return Err(Refusal::Redirect(location));
     }
     let principal = state.authenticate(&request.headers).await?;
@@ -113,7 +119,10 @@ pub(super) async fn profile_at(
     profile(state, Named::Path(org), request).await
 }
 
-pub(super) async fn profile_by_host(State(state): State<AppState>, request: Request) -> Result<Response, Refusal> {
+pub(super) async fn profile_by_host(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, Refusal> {
     profile(state, Named::Host, request).await
 }
 
@@ -132,7 +141,10 @@ pub(super) async fn pull_at(
     pull(state, Named::Path(org), request).await
 }
 
-pub(super) async fn pull_by_host(State(state): State<AppState>, request: Request) -> Result<Response, Refusal> {
+pub(super) async fn pull_by_host(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, Refusal> {
     pull(state, Named::Host, request).await
 }
 
@@ -170,9 +182,10 @@ async fn pull(state: AppState, named: Named, request: Request) -> Result<Respons
     };
     let response = state.service().pull(&principal, &org, &body).await?;
     if let Some(metrics) = state.metrics() {
-        let (puts, removes) = response.batches.iter().fold((0u64, 0u64), |(p, r), b| {
-            (p + b.puts.len() as u64, r + b.removes.len() as u64)
-        });
+        let (puts, removes) = response
+            .batches
+            .iter()
+            .fold((0u64, 0u64), |(p, r), b| (p + b.puts.len() as u64, r + b.removes.len() as u64));
         metrics.rows_served(puts, removes);
     }
     Ok(private_json(&response))
@@ -194,7 +207,10 @@ pub(super) async fn push_at(
     push(state, Named::Path(org), request).await
 }
 
-pub(super) async fn push_by_host(State(state): State<AppState>, request: Request) -> Result<Response, Refusal> {
+pub(super) async fn push_by_host(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, Refusal> {
     push(state, Named::Host, request).await
 }
 
