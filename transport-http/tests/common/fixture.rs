@@ -73,11 +73,13 @@ pub fn profiles() -> Vec<Profile> {
 pub struct Options {
     pub http: HttpConfig,
     pub sync: SyncConfig,
+    /// The authenticator; `None`: HS256 with [`SECRET`].
+    pub auth: Option<Arc<dyn Authenticator>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { http: HttpConfig::default(), sync: SyncConfig::default() }
+        Options { http: HttpConfig::default(), sync: SyncConfig::default(), auth: None }
     }
 }
 
@@ -117,7 +119,10 @@ impl Fixture {
                 staging.put_profile(&profile).await.unwrap();
             }
         }
-        let auth = Arc::new(JwtAuthenticator::hs256(SECRET.to_vec()).unwrap());
+        let auth = match options.auth.clone() {
+            Some(auth) => auth,
+            None => Arc::new(JwtAuthenticator::hs256(SECRET.to_vec()).unwrap()),
+        };
         let url = serve(router(service.clone(), auth, options.http.clone())).await;
         let fixture = Fixture { url, service, store, queue, contoso_source, fabrikam_source, backend };
         fixture.add_account("contoso", "a1", "Alpha", "alice", 100).await;
