@@ -5,7 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use sync_core::{EntityName, Error, OrgConfig, Principal, Profile, ProfileName, Q
 
 use super::extract::{ApiPath, ApiQuery};
 use super::{AppState, org_from_path};
-use crate::api_error::{ApiError, ApiJson};
+use crate::api_error::{ApiError, json_object};
 use crate::bearer::Authenticated;
 
 /// The most dead letters one request returns, and the default.
@@ -35,7 +35,7 @@ pub(super) async fn provision(
     // Admin rights depend on the org in the body; refuse callers with no
     // admin role at all before reading it.
     require_some_admin_role(&principal)?;
-    let ApiJson(config) = ApiJson::<OrgConfig>::from_request(request, &state).await?;
+    let config: OrgConfig = json_object(request).await?;
     let outcome = state.service().provision(&principal, config).await?;
     Ok((StatusCode::ACCEPTED, Json(outcome)).into_response())
 }
@@ -98,7 +98,7 @@ pub(super) async fn put_profile(
     let org = org_from_path(&org)?;
     let name = profile_name(&name)?;
     state.service().authorize_admin(&principal, Some(&org))?;
-    let ApiJson(profile) = ApiJson::<Profile>::from_request(request, &state).await?;
+    let profile: Profile = json_object(request).await?;
     if profile.name != name {
         return Err(Error::invalid(format!(
             "the body names profile '{}' but the path names '{name}'; they must agree",
@@ -160,7 +160,7 @@ pub(super) async fn sync_now(
     let org = org_from_path(&org)?;
     state.service().authorize_admin(&principal, Some(&org))?;
     let SyncNowRequest { entity } = if has_body(&request) {
-        ApiJson::<SyncNowRequest>::from_request(request, &state).await?.0
+        json_object::<SyncNowRequest>(request).await?
     } else {
         SyncNowRequest::default()
     };
@@ -195,7 +195,7 @@ pub(super) async fn put_location(
 ) -> Result<StatusCode, ApiError> {
     let org = org_from_path(&org)?;
     state.service().authorize_admin(&principal, None)?;
-    let ApiJson(LocationRequest { base_url }) = ApiJson::from_request(request, &state).await?;
+    let LocationRequest { base_url } = json_object(request).await?;
     check_base_url(&base_url)?;
     state.service().set_org_location(&principal, &org, Some(base_url)).await?;
     state.shared.directory.forget(&org)?;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRequest, OriginalUri, Request, State};
+use axum::extract::{OriginalUri, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderValue, header};
@@ -13,7 +13,7 @@ use sync_core::{Error, OrgId, Principal};
 
 use super::extract::{ApiPath, Refusal};
 use super::{AppState, Deadline, org_from_path, original_path_and_query};
-use crate::api_error::ApiJson;
+use crate::api_error::json_object;
 
 /// Which sync operation a request is for.
 #[derive(Clone, Copy)]
@@ -164,7 +164,7 @@ async fn pull(state: AppState, named: Named, request: Request) -> Result<Respons
     let (org, principal) = admit(&state, named, Op::Pull, &parts).await?;
     let deadline = parts.extensions.get::<Deadline>().cloned();
     let request = Request::from_parts(parts, body);
-    let ApiJson(mut body) = ApiJson::<PullRequest>::from_request(request, &state).await?;
+    let mut body: PullRequest = json_object(request).await?;
     let wait = live_wait(&state, body.wait_ms);
     body.wait_ms = wait.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
     let _waiting = match wait {
@@ -218,7 +218,7 @@ async fn push(state: AppState, named: Named, request: Request) -> Result<Respons
     let (parts, body) = request.into_parts();
     let (org, principal) = admit(&state, named, Op::Push, &parts).await?;
     let request = Request::from_parts(parts, body);
-    let ApiJson(body) = ApiJson::<PushRequest>::from_request(request, &state).await?;
+    let body: PushRequest = json_object(request).await?;
     let response = state.service().push(&principal, &org, &body).await?;
     if let Some(metrics) = state.metrics() {
         for result in &response.results {
