@@ -94,7 +94,10 @@ async fn sleeps_through_changes_the_caller_does_not_hold(backend: Backend) {
 }
 
 async fn waits_are_capped_by_the_router(backend: Backend) {
-    let options = Options { http: HttpConfig::default().with_max_wait(Duration::from_millis(800)), ..Options::default() };
+    let options = Options {
+        http: HttpConfig::default().with_max_wait(Duration::from_millis(800)),
+        ..Options::default()
+    };
     let f = Fixture::start_with(backend, options).await;
     let cursor = up_to_date(&f).await;
     let (status, _, elapsed) = wait_pull(&f, &cursor, 600_000).await.unwrap();
@@ -103,7 +106,8 @@ async fn waits_are_capped_by_the_router(backend: Backend) {
 }
 
 async fn waits_are_capped_by_the_service(backend: Backend) {
-    let options = Options { sync: SyncConfig { max_wait_ms: 600, ..SyncConfig::default() }, ..Options::default() };
+    let options =
+        Options { sync: SyncConfig { max_wait_ms: 600, ..SyncConfig::default() }, ..Options::default() };
     let f = Fixture::start_with(backend, options).await;
     let cursor = up_to_date(&f).await;
     let (status, _, elapsed) = wait_pull(&f, &cursor, 600_000).await.unwrap();
