@@ -12,10 +12,13 @@ use sync_core::{Error, OrgId, Result, StagingStore};
 /// naming ever new orgs cannot grow it without bound.
 const MAX_ENTRIES: usize = 4096;
 
+/// What the directory said of one org, and when it was asked.
+type Entry = (Option<Arc<str>>, Instant);
+
 /// Remembers `store.org_location(org)` answers for `ttl`.
 pub(crate) struct DirectoryCache {
     ttl: Duration,
-    entries: Mutex<HashMap<OrgId, (Option<Arc<str>>, Instant)>>,
+    entries: Mutex<HashMap<OrgId, Entry>>,
 }
 
 impl DirectoryCache {
@@ -49,7 +52,7 @@ impl DirectoryCache {
         Ok(())
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<OrgId, (Option<Arc<str>>, Instant)>>> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<OrgId, Entry>>> {
         self.entries.lock().map_err(|_| Error::internal("org directory cache poisoned by a panic"))
     }
 }

@@ -69,18 +69,12 @@ pub fn profiles() -> Vec<Profile> {
 }
 
 /// The knobs of a fixture.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Options {
     pub http: HttpConfig,
     pub sync: SyncConfig,
     /// The authenticator; `None`: HS256 with [`SECRET`].
     pub auth: Option<Arc<dyn Authenticator>>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options { http: HttpConfig::default(), sync: SyncConfig::default(), auth: None }
-    }
 }
 
 /// A router serving two orgs over a loopback socket.
