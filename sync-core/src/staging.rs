@@ -160,6 +160,12 @@ pub trait OrgStaging: Send + Sync {
     /// The org this handle serves.
     fn org_id(&self) -> OrgId;
 
+    /// An id of this creation of the org: stable across handles and
+    /// restarts, different after the org is dropped and created again. A
+    /// cursor carries it, so a cursor from before a re-creation (whose seqs
+    /// restart) is refused instead of silently missing changes.
+    fn incarnation(&self) -> String;
+
     /// Creates or evolves the entity's table to match `meta`: new entities
     /// get a table; added attributes become null columns; removed ones are
     /// dropped; a changed type rebuilds the column, keeping values that

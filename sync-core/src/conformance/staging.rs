@@ -1764,6 +1764,20 @@ pub async fn check_drop_removes_everything(store: Arc<dyn StagingStore>) {
         .await
         .unwrap();
 
+    let incarnation = staging.incarnation();
+    assert!(!incarnation.is_empty(), "an org has an incarnation");
+    assert_eq!(
+        store.org(&org_id("contoso")).await.unwrap().incarnation(),
+        incarnation,
+        "stable across handles"
+    );
+    store.create_org(&org_config("contoso")).await.unwrap();
+    assert_eq!(
+        store.org(&org_id("contoso")).await.unwrap().incarnation(),
+        incarnation,
+        "re-creating an existing org keeps its incarnation"
+    );
+
     store.drop_org(&org_id("contoso")).await.unwrap();
     expect_kind(
         staging.pull(&plan(&BTreeMap::new(), &[], 10, 10)).await,
@@ -1775,6 +1789,7 @@ pub async fn check_drop_removes_everything(store: Arc<dyn StagingStore>) {
 
     store.create_org(&org_config("contoso")).await.unwrap();
     let fresh = store.org(&org_id("contoso")).await.unwrap();
+    assert_ne!(fresh.incarnation(), incarnation, "a re-created org is a new incarnation");
     assert!(fresh.schemas().await.unwrap().is_empty(), "no schema survives a drop");
     assert_eq!(fresh.schema_version().await.unwrap(), 0, "the schema version starts again at 0");
     assert!(fresh.profiles().await.unwrap().is_empty(), "no profile survives a drop");

@@ -158,6 +158,7 @@ impl StagingStore for MemoryStagingStore {
 /// One org's staging database.
 struct MemoryOrg {
     id: OrgId,
+    incarnation: String,
     state: Mutex<OrgState>,
     head_tx: watch::Sender<Seq>,
 }
@@ -670,7 +671,8 @@ impl OrgState {
 impl MemoryOrg {
     fn new(id: OrgId) -> Self {
         let (head_tx, _) = watch::channel(Seq::ZERO);
-        MemoryOrg { id, state: Mutex::new(OrgState::default()), head_tx }
+        let incarnation = uuid::Uuid::new_v4().simple().to_string();
+        MemoryOrg { id, incarnation, state: Mutex::new(OrgState::default()), head_tx }
     }
 
     /// Locks the state of a live org; `NotFound` once it was dropped.
@@ -711,6 +713,10 @@ impl MemoryOrg {
 impl OrgStaging for MemoryOrg {
     fn org_id(&self) -> OrgId {
         self.id.clone()
+    }
+
+    fn incarnation(&self) -> String {
+        self.incarnation.clone()
     }
 
     async fn apply_schema(&self, meta: &EntityMetadata) -> Result<SchemaChange> {
