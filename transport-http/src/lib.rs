@@ -81,7 +81,7 @@ pub mod serve;
 mod transport;
 
 #[cfg(feature = "server")]
-pub use api_error::{ApiError, ApiJson, BodyLimit};
+pub use api_error::{ApiError, ApiJson, BodyLimit, decode_request_body};
 #[cfg(feature = "server")]
 pub use bearer::{Authenticated, bearer_token};
 #[cfg(feature = "client")]
