@@ -394,6 +394,47 @@ async fn health_readiness_metrics_openapi(backend: Backend) {
     assert!(doc["paths"]["/v1/orgs/{org}/sync/pull"]["post"].is_object());
 }
 
+async fn every_documented_operation_is_served(backend: Backend) {
+    // The unit test in `openapi.rs` matches the document against the route
+    // table; this one asks the running router for each documented operation.
+    let options = Options { http: HttpConfig::default().with_base_domain("sync.test"), ..Options::default() };
+    let f = Fixture::start_with(backend, options).await;
+    let doc = f.call(Method::GET, "/v1/openapi.json", None, None).await.json();
+    let operator = format!("Bearer {}", f.token("otto", "contoso", &["sync-operator", "rep"]));
+    let mut count = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let path = template
+                .replace("{org}", "contoso")
+                .replace("{name}", "sales")
+                .replace("{queue}", "datasync");
+            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+            let mut headers = vec![("authorization", operator.as_str()), ("host", "contoso.sync.test")];
+            let body = if op.get("requestBody").is_some() {
+                headers.push(("content-type", "application/json"));
+                "{}"
+            } else {
+                ""
+            };
+            let reply = f.raw(method.clone(), &path, &headers, body).await;
+            let text = String::from_utf8_lossy(&reply.body);
+            assert_ne!(reply.status, 405, "{method} {path}: {text}");
+            assert!(
+                !text.contains("not found: route"),
+                "{method} {path} is documented but not routed: {text}"
+            );
+            let documented: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            assert!(
+                documented.iter().any(|s| s.as_str() == reply.status.as_str()),
+                "{method} {path} answered {} which its documentation does not list ({documented:?}): {text}",
+                reply.status
+            );
+            count += 1;
+        }
+    }
+    assert_eq!(count, transport_http::route_table().len());
+}
+
 async fn unknown_routes_and_methods(backend: Backend) {
     let f = Fixture::start(backend).await;
     assert_problem(
@@ -491,6 +532,7 @@ across_backends!(
     admin_queues_and_dead_letters,
     health_readiness_metrics_openapi,
     unknown_routes_and_methods,
+    every_documented_operation_is_served,
     request_timeout_is_a_problem,
     responses_are_compressed,
 );
