@@ -144,14 +144,10 @@ impl AppState {
         Ok(self.shared.auth.authenticate(token).await?)
     }
 
-    /// The deployment that serves `org`, when the directory places it
-    /// elsewhere: a redirect URL for a request to `path_and_query`.
-    async fn redirect_for(&self, org: &OrgId, path_and_query: &str) -> Result<Option<String>, Error> {
-        let store = self.shared.service.store();
-        let Some(base) = self.shared.directory.location(store.as_ref(), org).await? else {
-            return Ok(None);
-        };
-        Ok(Some(format!("{}{path_and_query}", base.trim_end_matches('/'))))
+    /// The base URL of the deployment that serves `org`, when the directory
+    /// places it elsewhere.
+    async fn directory_location(&self, org: &OrgId) -> Result<Option<Arc<str>>, Error> {
+        self.shared.directory.location(self.shared.service.store().as_ref(), org).await
     }
 }
 

@@ -55,18 +55,19 @@ async fn admit(
         Named::Path(segment) => org_from_path(segment)?,
         Named::Host => org_from_host(state, request)?,
     };
-    let redirect_path = match named {
-        Named::Path(_) => {
-            let uri = request.extensions.get::<OriginalUri>().map_or(&request.uri, |u| &u.0);
-            original_path_and_query(uri).to_owned()
-        }
-        Named::Host => {
-            let query = request.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-            format!("/v1/orgs/{org}/sync/{}{query}", op.name())
-        }
-    };
-    if let Some(location) = state.redirect_for(&org, &redirect_path).await? {
-        let location = HeaderValue::try_from(location.as_str()).map_err(|_| {
+    if let Some(base) = state.directory_location(&org).await? {
+        let path = match named {
+            Named::Path(_) => {
+                let uri = request.extensions.get::<OriginalUri>().map_or(&request.uri, |u| &u.0);
+                original_path_and_query(uri).to_owned()
+            }
+            Named::Host => {
+                let query = request.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+                format!("/v1/orgs/{org}/sync/{}{query}", op.name())
+            }
+        };
+        let location = format!("{}{path}", base.trim_end_matches('/'));
+        let location = HeaderValue::try_from(location).map_err(|_| {
             Error::internal(format!("the org directory holds an unusable URL for org '{org}'"))
         })?;
         return Err(Refusal::Redirect(location));
