@@ -214,6 +214,36 @@ async fn tls_from_pem_files_with_graceful_shutdown() {
     tokio::time::timeout(Duration::from_secs(15), server).await.unwrap().unwrap().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let f = Fixture::start(Backend::Memory).await;
+    let listener = serve::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(
+        f.service.clone(),
+        Arc::new(JwtAuthenticator::hs256(SECRET.to_vec()).unwrap()),
+        HttpConfig::default(),
+    );
+    tokio::spawn(serve::serve(listener, app, std::future::pending()));
+    let client: Client<_, Full<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let request = http::Request::post(format!("http://{addr}/v1/orgs/contoso/sync/pull"))
+        .header("authorization", format!("Bearer {}", f.alice()))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["batches"][0]["puts"].as_array().unwrap().len(), 2);
+}
+
 #[test]
 fn tls_configuration_errors_say_what_is_wrong() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
