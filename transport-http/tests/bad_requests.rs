@@ -95,6 +95,8 @@ const USED_ID: &str = "7b0c4f00-0000-4000-8000-0000000000ff";
 /// Cursors made by real pulls.
 struct Cursors {
     alice: String,
+    /// Alice's cursor from before a change whose tombstone window has passed.
+    stale: String,
     bob: String,
     fabrikam_alice: String,
 }
@@ -144,6 +146,8 @@ fn catalogue(c: &Cursors) -> Vec<Case> {
             .expect(410, "resync-required", ""),
         pull("altered cursor", json!({"cursor": altered(&c.alice)}).to_string())
             .expect(410, "resync-required", "not issued by this server or was altered"),
+        pull("a cursor older than the tombstone window", json!({"cursor": c.stale}).to_string())
+            .expect(410, "resync-required", "older than the tombstone window"),
         pull("another user's cursor", json!({"cursor": c.bob}).to_string())
             .expect(410, "resync-required", "belongs to another user"),
         pull("another org's cursor", json!({"cursor": c.fabrikam_alice}).to_string())
@@ -242,7 +246,13 @@ async fn start(backend: Backend) -> (Fixture, Cursors) {
     let fabrikam = f.token("alice", "fabrikam", &["rep"]);
     let reply = f.post("/v1/orgs/fabrikam/sync/pull", &fabrikam, &json!({})).await;
     let fabrikam_alice = reply.json()["cursor"].as_str().unwrap().to_owned();
-    (f, Cursors { alice, bob, fabrikam_alice })
+    // A change after alice's cursor, then a purge of everything up to the
+    // head: her cursor is now older than the tombstone window.
+    f.add_account("contoso", "a7", "Aged", "alice", 1).await;
+    let staging = f.store.org(&common::fixture::org("contoso")).await.unwrap();
+    staging.purge_tombstones(staging.head().await.unwrap()).await.unwrap();
+    let stale = alice.clone();
+    (f, Cursors { alice, stale, bob, fabrikam_alice })
 }
 
 async fn catalogue_of_bad_requests(backend: Backend) {
