@@ -69,6 +69,11 @@ pub(crate) use middleware::Deadline;
 /// metrics registry is its own, and serving it is the host's business (or
 /// see the `serve` feature).
 pub fn router(service: SyncService, auth: Arc<dyn Authenticator>, config: HttpConfig) -> Router {
+    if let Err(e) = config.validate() {
+        // Used as given (a host may mean it); call `HttpConfig::validate`
+        // first to refuse such a configuration.
+        tracing::warn!(error = %e, "the HTTP configuration does not validate");
+    }
     let metrics = match HttpMetrics::new() {
         Ok(metrics) => Some(metrics),
         Err(e) => {
