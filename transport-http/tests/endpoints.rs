@@ -456,7 +456,7 @@ async fn request_timeout_is_a_problem(backend: Backend) {
         ..Options::default()
     };
     let f = Fixture::start_with(backend, options).await;
-    f.contoso_source.set_latency(Duration::from_secs(3));
+    f.contoso_source.set_latency(Duration::from_secs(10));
     let push = json!({"mutations": [{
         "id": "6a1f3f5e-0000-4000-8000-0000000000aa", "entity": "account", "op": "insert",
         "row_id": "n1", "values": {"name": "New", "owner": "alice"}
@@ -465,7 +465,7 @@ async fn request_timeout_is_a_problem(backend: Backend) {
     let reply = f.post("/v1/orgs/contoso/sync/push", &f.alice(), &push).await;
     assert_problem(&reply, 503, "unavailable", "did not complete within 300 ms");
     assert_eq!(reply.header("retry-after"), Some("1"));
-    assert!(started.elapsed() < Duration::from_secs(2), "answered at the timeout, not after the source");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at the timeout, not after the source");
 }
 
 async fn responses_are_compressed(backend: Backend) {

@@ -131,10 +131,18 @@ async fn many_waiting_pulls_all_wake(backend: Backend) {
     let f = Fixture::start(backend).await;
     let cursor = up_to_date(&f).await;
     let pending: Vec<_> = (0..40).map(|_| wait_pull(&f, &cursor, 20_000)).collect();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let metrics = f.call(Method::GET, "/metrics", None, None).await;
-    let text = String::from_utf8_lossy(&metrics.body).to_string();
-    assert!(text.contains("sync_live_pulls_waiting 40"), "{text}");
+    // Wait (generously: the machine may be busy) until all are held open.
+    let started = Instant::now();
+    loop {
+        let metrics = f.call(Method::GET, "/metrics", None, None).await;
+        let text = String::from_utf8_lossy(&metrics.body).to_string();
+        if text.contains("sync_live_pulls_waiting 40") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "not all 40 pulls are waiting:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pending.iter().all(|p| !p.is_finished()), "no pull ended before the change");
     f.add_account("contoso", "a5", "Axis", "alice", 1).await;
     for p in pending {
         let (status, body, _) = tokio::time::timeout(Duration::from_secs(10), p).await.unwrap().unwrap();
