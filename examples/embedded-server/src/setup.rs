@@ -177,28 +177,6 @@ fn print_banner(config: &Config, addr: std::net::SocketAddr, jwt_secret: &str) -
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown requested; finishing in-flight requests");
-}
-
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> Result<(), SetupError> {
     std::fs::create_dir_all(&config.data_dir)
@@ -263,13 +241,23 @@ pub async fn run(config: Config) -> Result<(), SetupError> {
     let auth =
         Arc::new(transport_http::JwtAuthenticator::hs256(jwt_secret.clone()).map_err(sync("JWT secret"))?);
     let app = transport_http::router(service, auth, transport_http::HttpConfig::default());
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(io(format!("binding {}", config.listen)))?;
+    let tls = match &config.tls {
+        Some(t) => Some(transport_http::serve::tls_config_from_pem_files(&t.cert, &t.key).map_err(sync("TLS"))?),
+        None => None,
+    };
+    let listener =
+        transport_http::serve::bind(config.listen).await.map_err(io(format!("binding {}", config.listen)))?;
     let addr = listener.local_addr().map_err(io("reading the bound address"))?;
     print_banner(&config, addr, &jwt_secret)?;
-    tracing::info!(%addr, "serving");
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    tracing::info!(%addr, tls = tls.is_some(), "serving");
+    let shutdown = async {
+        transport_http::serve::shutdown_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    };
+    let served = match tls {
+        Some(tls) => transport_http::serve::serve_tls(listener, app, tls, shutdown, None).await,
+        None => transport_http::serve::serve(listener, app, shutdown).await,
+    };
     tracing::info!("HTTP server stopped; stopping workers");
     workers.shutdown().await;
     janitor.abort();
