@@ -242,7 +242,9 @@ pub async fn run(config: Config) -> Result<(), SetupError> {
         Arc::new(transport_http::JwtAuthenticator::hs256(jwt_secret.clone()).map_err(sync("JWT secret"))?);
     let app = transport_http::router(service, auth, transport_http::HttpConfig::default());
     let tls = match &config.tls {
-        Some(t) => Some(transport_http::serve::tls_config_from_pem_files(&t.cert, &t.key).map_err(sync("TLS"))?),
+        Some(t) => {
+            Some(transport_http::serve::tls_config_from_pem_files(&t.cert, &t.key).map_err(sync("TLS"))?)
+        }
         None => None,
     };
     let listener =

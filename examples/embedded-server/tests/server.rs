@@ -158,7 +158,10 @@ async fn newcomer_syncs_the_demo_and_the_server_stops_gracefully() {
     let mut cursor = up_to_date.cursor;
     let mut more = up_to_date.has_more;
     while more {
-        let r = alice.pull(&PullRequest { cursor: Some(cursor.clone()), ..PullRequest::default() }).await.unwrap();
+        let r = alice
+            .pull(&PullRequest { cursor: Some(cursor.clone()), ..PullRequest::default() })
+            .await
+            .unwrap();
         cursor = r.cursor;
         more = r.has_more;
     }
@@ -176,11 +179,13 @@ async fn newcomer_syncs_the_demo_and_the_server_stops_gracefully() {
     assert!(status.success(), "graceful exit with code 0, got {status:?}");
 
     // No lease is left behind: a restart picks the work up at once.
-    let queue = storage_sqlite::SqliteQueue::open_in_dir(data.path(), storage_sqlite::QueueOptions::default())
-        .await
-        .unwrap();
+    let queue =
+        storage_sqlite::SqliteQueue::open_in_dir(data.path(), storage_sqlite::QueueOptions::default())
+            .await
+            .unwrap();
     for q in ["provisioning", "datasync"] {
-        let depth = sync_core::WorkQueue::depth(&queue, &sync_core::QueueName::new(q).unwrap()).await.unwrap();
+        let depth =
+            sync_core::WorkQueue::depth(&queue, &sync_core::QueueName::new(q).unwrap()).await.unwrap();
         assert_eq!(depth.leased, 0, "no lease left on {q}: {depth:?}");
         assert_eq!(depth.dead, 0, "nothing dead-lettered on {q}: {depth:?}");
     }
