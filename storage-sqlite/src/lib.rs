@@ -20,25 +20,36 @@
 //! An org database has one table per staged entity, named after the entity,
 //! with one column per attribute — `TEXT` for strings, decimals (exact,
 //! canonical text), datetimes (RFC 3339, UTC), UUIDs, lookups and JSON;
-//! `INTEGER` for integers and booleans (0/1); `REAL` for floats — the primary
-//! key as the table's key, and `_sync_version` (the seq of the row's last
-//! change). Beside them, the `_sync_` tables:
+//! `INTEGER` for integers and booleans (0/1); `REAL` for floats — the
+//! primary-key attribute `NOT NULL UNIQUE`, and three columns of the store's:
+//! `_sync_rid` (the row's number, never reused), `_sync_version` (the seq of
+//! the row's last change) and `_sync_parts` (the row's entries in the
+//! membership log, `pid:seq`, `~` marking a tombstone). Beside them, the
+//! `_sync_` tables:
 //!
 //! | table | holds |
 //! | --- | --- |
 //! | `_sync_meta` | `head` (latest seq), `schema_version`, `tombstone_floor`, layout `format` |
-//! | `_sync_schemas` | each entity's metadata (JSON), schema hash, row count |
+//! | `_sync_info` | `incarnation`: a UUID of this creation of the org |
+//! | `_sync_schemas` | per entity: its id `eid`, metadata (JSON), schema hash, row count, next row number |
 //! | `_sync_profiles` | profiles (JSON) |
-//! | `_sync_partitions` | partition key → small id `pid`, with the partition's checksum (sum, count) |
-//! | `_sync_membership` | `(pid, entity, row_id)` → `seq`, `version`, `removed`: the latest op per partition and row; indexed by `(pid, seq)` |
-//! | `_sync_membership_view` | the same with the partition key spelled out |
+//! | `_sync_partitions` | partition key → small id `pid`, its checksum (sum, count), and its entity |
+//! | `_sync_membership` | the membership log, keyed by `id = pid << 40 \| seq`: entity, row number, version, removed, and the row id of a remove; one entry per (partition, row) |
+//! | `_sync_membership_view` | the log with partition keys, entity names and seqs spelled out |
 //! | `_sync_tokens` | each entity's committed source change token |
 //! | `_sync_runs` | last run, last success, last error, rows of the last run |
 //! | `_sync_mutations` | the push journal: mutation id → fingerprint, outcome, checkpoint |
 //!
-//! Entity names starting with `_sync_` or `sqlite_`, an attribute named
-//! `_sync_version`, and two entities whose names differ only in case are
-//! refused with `InvalidInput` (SQLite names are case-insensitive).
+//! Membership is an op log per partition: a partition's entries form one
+//! contiguous key range in seq order, so a pull scans its range (joined with
+//! the rows) and fresh rows append. When a row changes, the entry its
+//! `_sync_parts` points at in each partition is replaced by the new op, so
+//! the log keeps only the latest op per (partition, row) without an index on
+//! rows, and recomputing membership after a profile or schema change needs
+//! only the rows. Entity names starting with `_sync_` or `sqlite_`,
+//! attributes named like the store's columns, and two entities whose names
+//! differ only in case are refused with `InvalidInput` (SQLite names are
+//! case-insensitive).
 //!
 //! ## Guarantees and how they are kept
 //!
@@ -55,6 +66,11 @@
 //! * **Bounded resources**: at most [`StoreOptions::max_open_orgs`] org
 //!   databases stay open (least recently used ones are closed), so thousands
 //!   of orgs fit within a file-descriptor limit.
+//! * **Crash safety**: tested by killing a process with SIGKILL at random
+//!   points of ingestion and queue consumption (`tests/crash.rs`).
+//! * **Watch**: [`watch_head`](sync_core::OrgStaging::watch_head) follows
+//!   commits made through this store; a store sharing the directory with
+//!   another process (which the `LOCK` prevents) would not see its commits.
 //! * **Safe SQL**: identifiers come from validated `sync-core` names and are
 //!   double-quoted; every value is a bound parameter.
 //!
