@@ -23,7 +23,7 @@
 //! entry replaced and of the entry written, so a partition's checksum is the
 //! sum over its live entries.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use rusqlite::{CachedStatement, Connection, OptionalExtension};
@@ -119,8 +119,18 @@ struct PartitionInfo {
     dirty: bool,
 }
 
+/// Entries inserted per multi-row `INSERT` when the log is flushed.
+const INSERT_BATCH: usize = 64;
+
+/// An entry waiting to be inserted: entity id, row number, version,
+/// removed, and the row id of a remove.
+type PendingEntry = (i64, i64, i64, bool, Option<String>);
+
 /// Writes membership entries and buffers checksum changes and partition
-/// facts for one transaction.
+/// facts for one transaction. Log writes are buffered too: deletes of
+/// entries written earlier in the transaction cancel out in memory, and the
+/// new entries are inserted at [`MembershipWriter::flush`], in key order and
+/// many per statement.
 pub(crate) struct MembershipWriter<'c> {
     conn: &'c Connection,
     insert: CachedStatement<'c>,
@@ -128,6 +138,7 @@ pub(crate) struct MembershipWriter<'c> {
     pids: HashMap<PartitionKey, i64>,
     info: HashMap<i64, PartitionInfo>,
     deltas: HashMap<i64, (u32, i64)>,
+    pending: BTreeMap<i64, PendingEntry>,
 }
 
 impl<'c> MembershipWriter<'c> {
@@ -139,6 +150,7 @@ impl<'c> MembershipWriter<'c> {
             pids: HashMap::new(),
             info: HashMap::new(),
             deltas: HashMap::new(),
+            pending: BTreeMap::new(),
         })
     }
 
@@ -208,7 +220,10 @@ impl<'c> MembershipWriter<'c> {
         put: Option<Seq>,
     ) -> R<PartRef> {
         if let Some(old) = old {
-            self.delete.execute([entry_id(pid, old.seq)?])?;
+            let id = entry_id(pid, old.seq)?;
+            if self.pending.remove(&id).is_none() {
+                self.delete.execute([id])?;
+            }
             if !old.removed {
                 self.delta(pid, m, old_version, false);
             }
@@ -216,14 +231,10 @@ impl<'c> MembershipWriter<'c> {
         self.note_entity(pid, m.eid);
         let seq_i = version_param(seq)?;
         let version = put.unwrap_or(seq);
-        self.insert.execute(rusqlite::params![
+        self.pending.insert(
             entry_id(pid, seq_i)?,
-            m.eid,
-            m.rid,
-            version_param(version)?,
-            put.is_none(),
-            put.is_none().then(|| m.row_id.as_str())
-        ])?;
+            (m.eid, m.rid, version_param(version)?, put.is_none(), put.is_none().then(|| m.row_id.as_str().to_owned())),
+        );
         if put.is_some() {
             self.delta(pid, m, version, true);
         }
@@ -232,6 +243,9 @@ impl<'c> MembershipWriter<'c> {
 
     /// The version of the entry at (`pid`, `seq`), if it exists.
     pub(crate) fn entry_version(&self, pid: i64, seq: i64) -> R<Option<Seq>> {
+        if let Some(p) = self.pending.get(&entry_id(pid, seq)?) {
+            return seq_of(p.2).map(Some);
+        }
         let v: Option<i64> = self
             .conn
             .prepare_cached("SELECT version FROM _sync_membership WHERE id = ?1")?
@@ -240,8 +254,38 @@ impl<'c> MembershipWriter<'c> {
         v.map(seq_of).transpose()
     }
 
-    /// Writes the buffered checksum changes and partition facts.
-    pub(crate) fn flush(self) -> R<()> {
+    /// Inserts the buffered entries, in key order.
+    fn flush_log(&mut self) -> R<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let entries: Vec<(i64, PendingEntry)> = pending.into_iter().collect();
+        let mut chunks = entries.chunks_exact(INSERT_BATCH);
+        if entries.len() >= INSERT_BATCH {
+            let tuples = vec!["(?, ?, ?, ?, ?, ?)"; INSERT_BATCH].join(", ");
+            let mut batch = self.conn.prepare_cached(&format!(
+                "INSERT INTO _sync_membership (id, eid, rid, version, removed, row_id) VALUES {tuples}"
+            ))?;
+            for chunk in chunks.by_ref() {
+                for (i, (id, (eid, rid, version, removed, row_id))) in chunk.iter().enumerate() {
+                    let at = i * 6;
+                    batch.raw_bind_parameter(at + 1, id)?;
+                    batch.raw_bind_parameter(at + 2, eid)?;
+                    batch.raw_bind_parameter(at + 3, rid)?;
+                    batch.raw_bind_parameter(at + 4, version)?;
+                    batch.raw_bind_parameter(at + 5, removed)?;
+                    batch.raw_bind_parameter(at + 6, row_id)?;
+                }
+                batch.raw_execute()?;
+            }
+        }
+        for (id, (eid, rid, version, removed, row_id)) in chunks.remainder() {
+            self.insert.execute(rusqlite::params![id, eid, rid, version, removed, row_id])?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered entries, checksum changes and partition facts.
+    pub(crate) fn flush(mut self) -> R<()> {
+        self.flush_log()?;
         let mut stmt = self.conn.prepare_cached(
             "UPDATE _sync_partitions SET checksum_sum = (checksum_sum + ?1) % 4294967296, \
              checksum_count = checksum_count + ?2 WHERE pid = ?3",

@@ -573,38 +573,49 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
     let mut writer = MembershipWriter::new(&tx)?;
     let mut row_delta: i64 = 0;
     {
-        let mut insert = tx.prepare_cached(table.insert())?;
         let mut update = tx.prepare_cached(table.update())?;
         let mut delete = tx.prepare_cached(table.delete())?;
         let mut lookup = tx.prepare_cached(table.select_by_key())?;
+        let mut try_insert = tx.prepare_cached(&table.insert_new_sql())?;
         for row in &rows {
+            let after = planner.partitions(row);
+            let mut pids = Vec::with_capacity(after.len());
+            for key in &after {
+                pids.push(writer.pid(key)?);
+            }
+            // Most rows of a large page are usually new: try the insert
+            // first, which also tells whether the key is staged.
+            let seq = head.next();
+            let seq_i = version_param(seq)?;
+            let parts = Parts(pids.iter().map(|&pid| PartRef { pid, seq: seq_i, removed: false }).collect());
+            table.bind_row(&mut try_insert, next_rid, row, seq, &parts)?;
+            if try_insert.raw_execute()? == 1 {
+                let m = Member { eid, rid: next_rid, entity, row_id: &row.id };
+                for &pid in &pids {
+                    writer.write(pid, m, None, Seq::ZERO, seq, Some(seq))?;
+                }
+                head = seq;
+                next_rid += 1;
+                row_delta += 1;
+                outcome.upserted += 1;
+                continue;
+            }
             let prev = match table.canonical_key(&row.id) {
                 Some(key) => table.lookup(&mut lookup, key)?,
                 None => None,
             };
-            if let Some(p) = &prev
-                && p.staged.row.values == row.values
-            {
+            let Some(prev) = prev else {
+                return Err(StoreError::Corrupt(format!("row '{}' of '{entity}' is neither new nor staged", row.id)));
+            };
+            if prev.staged.row.values == row.values {
                 outcome.unchanged += 1;
                 continue;
             }
-            head = head.next();
-            let rid = match &prev {
-                Some(p) => p.rid,
-                None => {
-                    next_rid += 1;
-                    next_rid - 1
-                }
-            };
-            let m = Member { eid, rid, entity, row_id: &row.id };
-            let after = planner.partitions(row);
-            let parts = restage(&mut writer, m, prev.as_ref(), &after, head, floor)?;
-            let stmt = if prev.is_some() { &mut update } else { &mut insert };
-            table.bind_row(stmt, rid, row, head, &parts)?;
-            stmt.raw_execute()?;
-            if prev.is_none() {
-                row_delta += 1;
-            }
+            head = seq;
+            let m = Member { eid, rid: prev.rid, entity, row_id: &row.id };
+            let parts = restage(&mut writer, m, Some(&prev), &after, head, floor)?;
+            table.bind_row(&mut update, prev.rid, row, head, &parts)?;
+            update.raw_execute()?;
             outcome.upserted += 1;
         }
         for id in &deletes {

@@ -165,8 +165,10 @@ impl Table {
         format!("INSERT INTO {name} ({}) VALUES ({})", self.select_list, params.join(", "))
     }
 
-    pub(crate) fn insert(&self) -> &str {
-        &self.insert
+    /// Insert of a new row that does nothing when the key is staged
+    /// (`changes() == 0` then).
+    pub(crate) fn insert_new_sql(&self) -> String {
+        format!("{} ON CONFLICT DO NOTHING", self.insert)
     }
 
     /// Update by rid: `?1` rid, then the attributes, the version, the parts.
