@@ -143,7 +143,7 @@ impl StagingSync {
                 Err(e) => return Err(e),
             };
             rows += outcome.upserted + outcome.deleted;
-            if pages % 50 == 0 {
+            if pages.is_multiple_of(50) {
                 tracing::info!(org = %item.org, entity = %item.entity, pages, rows,
                     elapsed_ms = started.elapsed().as_millis() as u64, "staging sync in progress");
             }
