@@ -1,0 +1,2 @@
+//! The `sync-client` command-line program.
+fn main() {}

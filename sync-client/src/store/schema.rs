@@ -1,0 +1,198 @@
+//! Creating and migrating the typed entity tables from the server's schemas.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sync_core::{EntityMetadata, Value};
+
+use crate::error::{ClientError, Result};
+use crate::sql::{SqlValue, column_type, quote, read_value};
+
+/// What applying a schema did to the local table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SchemaEffect {
+    /// Nothing to do.
+    Unchanged,
+    /// The table was created.
+    Created,
+    /// The table was altered. `repair`: stored values may differ from the
+    /// server's (a column changed type or the key changed), so the entity's
+    /// partitions must be read again.
+    Altered { repair: bool },
+}
+
+fn create_sql(meta: &EntityMetadata, table: &str) -> String {
+    let mut cols = Vec::with_capacity(meta.attributes.len());
+    for a in &meta.attributes {
+        let mut c = format!("{} {}", quote(a.name.as_str()), column_type(&a.ty));
+        if a.name == meta.primary_key {
+            c.push_str(" PRIMARY KEY NOT NULL");
+        }
+        cols.push(c);
+    }
+    format!("CREATE TABLE {} ({})", quote(table), cols.join(", "))
+}
+
+fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn
+        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE", [name], |_| {
+            Ok(())
+        })
+        .optional()?
+        .is_some())
+}
+
+/// Brings the table of `new.name` in line with `new`, given the schema last
+/// applied (`old`), and records `new` in `sync:schemas`.
+pub(crate) fn apply_schema(
+    conn: &Connection,
+    old: Option<&EntityMetadata>,
+    new: &EntityMetadata,
+) -> Result<SchemaEffect> {
+    new.validate().map_err(|e| ClientError::protocol(format!("schema of '{}': {e}", new.name)))?;
+    let name = new.name.as_str();
+    let effect = match old {
+        Some(old) if old == new => return Ok(SchemaEffect::Unchanged),
+        None => {
+            if table_exists(conn, name)? {
+                return Err(ClientError::corrupt(format!(
+                    "a table named '{name}' exists but was not made by the sync client; \
+                     rename it or use another database file"
+                )));
+            }
+            conn.execute_batch(&create_sql(new, name))?;
+            SchemaEffect::Created
+        }
+        Some(old) => migrate(conn, old, new)?,
+    };
+    conn.execute(
+        "INSERT INTO \"sync:schemas\" (entity, hash, schema) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (entity) DO UPDATE SET hash = excluded.hash, schema = excluded.schema",
+        params![name, new.schema_hash(), serde_json::to_string(new)?],
+    )?;
+    conn.flush_prepared_statement_cache();
+    Ok(effect)
+}
+
+fn migrate(conn: &Connection, old: &EntityMetadata, new: &EntityMetadata) -> Result<SchemaEffect> {
+    let name = new.name.as_str();
+    let key_same = old.primary_key == new.primary_key && old.key_type().ok() == new.key_type().ok();
+    if !key_same {
+        // Rows cannot be carried over under another key: start the table
+        // afresh and let the repair read the entity's partitions again.
+        conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(name)))?;
+        conn.execute_batch(&create_sql(new, name))?;
+        return Ok(SchemaEffect::Altered { repair: true });
+    }
+    let only_added = old.attributes.iter().all(|a| new.attribute(a.name.as_str()) == Some(a));
+    if only_added {
+        for a in &new.attributes {
+            if old.attribute(a.name.as_str()).is_none() {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {} ADD COLUMN {} {}",
+                    quote(name),
+                    quote(a.name.as_str()),
+                    column_type(&a.ty)
+                ))?;
+            }
+        }
+        return Ok(SchemaEffect::Altered { repair: false });
+    }
+    // Columns were removed or retyped: rebuild the table, converting the
+    // values that convert (the others become null until the repair brings
+    // the server's values).
+    let tmp = format!("{name}:rebuild");
+    conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&tmp)))?;
+    conn.execute_batch(&create_sql(new, &tmp))?;
+    let kept: Vec<_> = new.attributes.iter().filter(|a| old.attribute(a.name.as_str()).is_some()).collect();
+    let mut retyped = false;
+    {
+        let select = format!(
+            "SELECT {} FROM {}",
+            kept.iter().map(|a| quote(a.name.as_str())).collect::<Vec<_>>().join(", "),
+            quote(name)
+        );
+        let insert = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            quote(&tmp),
+            kept.iter().map(|a| quote(a.name.as_str())).collect::<Vec<_>>().join(", "),
+            (1..=kept.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut read = conn.prepare(&select)?;
+        let mut write = conn.prepare(&insert)?;
+        let mut rows = read.query([])?;
+        while let Some(r) = rows.next()? {
+            let mut vals: Vec<Value> = Vec::with_capacity(kept.len());
+            for (i, a) in kept.iter().enumerate() {
+                let old_ty = old.attribute(a.name.as_str()).map(|o| &o.ty).unwrap_or(&a.ty);
+                let v = read_value(r.get_ref(i)?, old_ty).unwrap_or(Value::Null);
+                if old_ty != &a.ty {
+                    retyped = true;
+                }
+                vals.push(v.coerce(&a.ty).unwrap_or(Value::Null));
+            }
+            write.execute(rusqlite::params_from_iter(vals.iter().map(SqlValue)))?;
+        }
+    }
+    if kept.iter().any(|a| old.attribute(a.name.as_str()).map(|o| &o.ty) != Some(&a.ty)) {
+        retyped = true;
+    }
+    conn.execute_batch(&format!("DROP TABLE {}", quote(name)))?;
+    conn.execute_batch(&format!("ALTER TABLE {} RENAME TO {}", quote(&tmp), quote(name)))?;
+    Ok(SchemaEffect::Altered { repair: retyped })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_core::{Attribute, AttributeType, ColumnName, EntityName};
+
+    fn meta(attrs: &[(&str, AttributeType)]) -> EntityMetadata {
+        EntityMetadata::new(
+            EntityName::new("order").unwrap(),
+            ColumnName::new("id").unwrap(),
+            attrs.iter().map(|(n, t)| Attribute::new(ColumnName::new(*n).unwrap(), t.clone())).collect(),
+        )
+        .unwrap()
+    }
+
+    fn conn() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE \"sync:schemas\" (entity TEXT PRIMARY KEY NOT NULL, hash TEXT NOT NULL, schema TEXT NOT NULL)",
+        )
+        .unwrap();
+        c
+    }
+
+    #[test]
+    fn creates_adds_and_rebuilds() {
+        let c = conn();
+        let v1 = meta(&[("id", AttributeType::Integer), ("qty", AttributeType::String)]);
+        assert_eq!(apply_schema(&c, None, &v1).unwrap(), SchemaEffect::Created);
+        c.execute("INSERT INTO \"order\" (id, qty) VALUES (1, '12'), (2, 'many')", []).unwrap();
+        assert_eq!(apply_schema(&c, Some(&v1), &v1).unwrap(), SchemaEffect::Unchanged);
+        let v2 = meta(&[
+            ("id", AttributeType::Integer),
+            ("qty", AttributeType::String),
+            ("note", AttributeType::String),
+        ]);
+        assert_eq!(apply_schema(&c, Some(&v1), &v2).unwrap(), SchemaEffect::Altered { repair: false });
+        let v3 = meta(&[("id", AttributeType::Integer), ("qty", AttributeType::Integer)]);
+        assert_eq!(apply_schema(&c, Some(&v2), &v3).unwrap(), SchemaEffect::Altered { repair: true });
+        let rows: Vec<(i64, Option<i64>)> = c
+            .prepare("SELECT id, qty FROM \"order\" ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(rows, vec![(1, Some(12)), (2, None)]);
+    }
+
+    #[test]
+    fn refuses_a_foreign_table() {
+        let c = conn();
+        c.execute_batch("CREATE TABLE \"order\" (x)").unwrap();
+        let v1 = meta(&[("id", AttributeType::Integer)]);
+        assert!(matches!(apply_schema(&c, None, &v1), Err(ClientError::Corrupt(_))));
+    }
+}
