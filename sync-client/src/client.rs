@@ -13,7 +13,8 @@ use crate::control::{Backoff, BackoffConfig, CancelToken};
 use crate::error::{ClientError, Result};
 use crate::events::{Progress, StreamKind, SyncEvent, SyncReport};
 use crate::store::{
-    AckOutcome, ConflictRecord, LocalOp, LocalWrite, PendingMutation, QueryResult, Store, StoreOptions, Stream,
+    AckOutcome, ConflictRecord, LocalOp, LocalWrite, PendingMutation, QueryResult, Store, StoreOptions,
+    Stream,
 };
 
 /// A callback receiving every [`SyncEvent`].
@@ -139,7 +140,9 @@ struct Inner {
 
 impl Inner {
     fn store(&self) -> Result<MutexGuard<'_, Store>> {
-        self.store.lock().map_err(|_| ClientError::Task("the local database lock was poisoned by a panic".into()))
+        self.store
+            .lock()
+            .map_err(|_| ClientError::Task("the local database lock was poisoned by a panic".into()))
     }
 
     fn emit(&self, event: SyncEvent) {
@@ -443,11 +446,10 @@ impl SyncClient {
                 return Ok(());
             }
             let ids: Vec<MutationId> = mutations.iter().map(|m| m.id).collect();
-            let fresh = {
+            {
                 let ids = ids.clone();
-                self.with_store(move |s| s.mark_sent(&ids)).await?
-            };
-            let _: () = fresh;
+                self.with_store(move |s| s.mark_sent(&ids)).await?;
+            }
             let request = PushRequest { mutations };
             let transport = self.inner.transport.clone();
             let response = self.retrying(cancel, || transport.push(&request)).await;
@@ -554,8 +556,11 @@ impl SyncClient {
     ) {
         let limit = self.inner.config.page_limit;
         loop {
-            let request =
-                PullRequest { cursor: cursor.clone(), limit, wait_ms: wait.take().map(|d| d.as_millis() as u64) };
+            let request = PullRequest {
+                cursor: cursor.clone(),
+                limit,
+                wait_ms: wait.take().map(|d| d.as_millis() as u64),
+            };
             let transport = self.inner.transport.clone();
             let live = request.wait_ms.is_some();
             let call = self.retrying(cancel, || transport.pull(&request));

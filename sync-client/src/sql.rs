@@ -130,7 +130,10 @@ mod tests {
             (Value::Decimal("12.5".parse().unwrap()), AttributeType::Decimal),
             (Value::Float(0.25), AttributeType::Float),
             (Value::Boolean(true), AttributeType::Boolean),
-            (Value::from("2024-01-02T03:04:05Z").coerce(&AttributeType::DateTime).unwrap(), AttributeType::DateTime),
+            (
+                Value::from("2024-01-02T03:04:05Z").coerce(&AttributeType::DateTime).unwrap(),
+                AttributeType::DateTime,
+            ),
             (Value::Uuid(uuid::Uuid::new_v4()), AttributeType::Uuid),
             (Value::Json(serde_json::json!({"a": [1]})), AttributeType::Json),
         ];

@@ -136,7 +136,9 @@ impl Store {
         set_meta(&tx, key::REPAIR_CURSOR, Some(""))?;
         super::bump_meta_counter(&tx, key::REPAIRS)?;
         tx.commit()?;
-        keys.into_iter().map(|k| PartitionKey::new(k).map_err(|e| ClientError::corrupt(e.to_string()))).collect()
+        keys.into_iter()
+            .map(|k| PartitionKey::new(k).map_err(|e| ClientError::corrupt(e.to_string())))
+            .collect()
     }
 }
 
@@ -234,7 +236,8 @@ impl PageBatch<'_> {
             }
         }
         let listed_set: HashSet<&PartitionKey> = listed.iter().collect();
-        let gone: Vec<PartitionKey> = self.parts.keys().filter(|k| !listed_set.contains(k)).cloned().collect();
+        let gone: Vec<PartitionKey> =
+            self.parts.keys().filter(|k| !listed_set.contains(k)).cloned().collect();
         self.index_pids();
         for k in gone {
             self.drop_partition(&k)?;
@@ -301,7 +304,10 @@ impl PageBatch<'_> {
 
     fn apply_batch(&mut self, batch: &Batch) -> Result<()> {
         let part = self.parts.get(&batch.partition).cloned().ok_or_else(|| {
-            ClientError::protocol(format!("batch for partition {} which the page does not list", batch.partition))
+            ClientError::protocol(format!(
+                "batch for partition {} which the page does not list",
+                batch.partition
+            ))
         })?;
         if part.entity != batch.entity {
             return Err(ClientError::protocol(format!(
@@ -350,7 +356,10 @@ impl PageBatch<'_> {
                 let mut typed = Vec::with_capacity(values.len());
                 for (v, ty) in values.iter().zip(&types) {
                     let v = v.clone().coerce(ty).map_err(|e| {
-                        ClientError::protocol(format!("a value of '{}' does not fit its column: {e}", batch.entity))
+                        ClientError::protocol(format!(
+                            "a value of '{}' does not fit its column: {e}",
+                            batch.entity
+                        ))
                     })?;
                     typed.push(v);
                 }
@@ -382,7 +391,9 @@ impl PageBatch<'_> {
         let v = i64::try_from(version.0).map_err(|_| ClientError::protocol("version out of range"))?;
         let inserted = self
             .tx
-            .prepare_cached("INSERT OR IGNORE INTO \"sync:membership\" (pid, row_id, version) VALUES (?1, ?2, ?3)")?
+            .prepare_cached(
+                "INSERT OR IGNORE INTO \"sync:membership\" (pid, row_id, version) VALUES (?1, ?2, ?3)",
+            )?
             .execute(params![part.pid, row_id.as_str(), v])?;
         let d = self.deltas.entry(part.pid).or_insert((0, 0));
         if inserted == 1 {
@@ -395,7 +406,9 @@ impl PageBatch<'_> {
                 .query_row(params![part.pid, row_id.as_str()], |r| r.get(0))?;
             if old != v {
                 self.tx
-                    .prepare_cached("UPDATE \"sync:membership\" SET version = ?3 WHERE pid = ?1 AND row_id = ?2")?
+                    .prepare_cached(
+                        "UPDATE \"sync:membership\" SET version = ?3 WHERE pid = ?1 AND row_id = ?2",
+                    )?
                     .execute(params![part.pid, row_id.as_str(), v])?;
                 let d = self.deltas.entry(part.pid).or_insert((0, 0));
                 d.0 = d.0.wrapping_add(membership_hash(&meta.name, &row_id, version));
@@ -408,7 +421,9 @@ impl PageBatch<'_> {
             // shadow and the edits are applied over it again.
             let (data, shadow_version): (Option<String>, Option<i64>) = self
                 .tx
-                .prepare_cached("SELECT data, version FROM \"sync:shadow\" WHERE entity = ?1 AND row_id = ?2")?
+                .prepare_cached(
+                    "SELECT data, version FROM \"sync:shadow\" WHERE entity = ?1 AND row_id = ?2",
+                )?
                 .query_row(params![meta.name.as_str(), row_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
             if shadow_version.is_some_and(|s| s > v) {
                 return Ok(());
@@ -421,7 +436,9 @@ impl PageBatch<'_> {
                 base.insert(c.clone(), val);
             }
             self.tx
-                .prepare_cached("UPDATE \"sync:shadow\" SET data = ?3, version = ?4 WHERE entity = ?1 AND row_id = ?2")?
+                .prepare_cached(
+                    "UPDATE \"sync:shadow\" SET data = ?3, version = ?4 WHERE entity = ?1 AND row_id = ?2",
+                )?
                 .execute(params![meta.name.as_str(), row_id.as_str(), values_to_json(&base), v])?;
             return refold(&self.tx, meta, &row_id);
         }
@@ -432,7 +449,9 @@ impl PageBatch<'_> {
     fn remove(&mut self, part: &PartRow, meta: &EntityMetadata, row_id: &RowId) -> Result<()> {
         let old: Option<i64> = self
             .tx
-            .prepare_cached("DELETE FROM \"sync:membership\" WHERE pid = ?1 AND row_id = ?2 RETURNING version")?
+            .prepare_cached(
+                "DELETE FROM \"sync:membership\" WHERE pid = ?1 AND row_id = ?2 RETURNING version",
+            )?
             .query_row(params![part.pid, row_id.as_str()], |r| r.get(0))
             .optional()?;
         let Some(old) = old else { return Ok(()) };
@@ -539,7 +558,8 @@ fn upsert_sql(meta: &EntityMetadata, columns: &[ColumnName]) -> String {
     let cols: Vec<String> = columns.iter().map(|c| quote(c.as_str())).collect();
     let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
     let sets: Vec<String> = cols.iter().skip(1).map(|c| format!("{c} = excluded.{c}")).collect();
-    let action = if sets.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", sets.join(", ")) };
+    let action =
+        if sets.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", sets.join(", ")) };
     format!(
         "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
         quote(meta.name.as_str()),

@@ -213,7 +213,10 @@ impl Store {
         let (kind, row_id, values) = match op {
             LocalOp::Insert(values) => {
                 let key = values.get(&meta.primary_key).filter(|v| !v.is_null()).ok_or_else(|| {
-                    ClientError::invalid(format!("an insert into '{entity}' needs its key '{}'", meta.primary_key))
+                    ClientError::invalid(format!(
+                        "an insert into '{entity}' needs its key '{}'",
+                        meta.primary_key
+                    ))
                 })?;
                 let row_id = meta
                     .parse_row_id(&key.canonical_text())
@@ -316,7 +319,9 @@ impl Store {
             }
         };
         let any_left: bool = tx
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM \"sync:pending\" WHERE entity = ?1 AND row_id = ?2)")?
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM \"sync:pending\" WHERE entity = ?1 AND row_id = ?2)",
+            )?
             .query_row(params![entity.as_str(), row_id.as_str()], |r| r.get(0))?;
         if !any_left {
             tx.prepare_cached("DELETE FROM \"sync:shadow\" WHERE entity = ?1 AND row_id = ?2")?
@@ -341,7 +346,9 @@ impl Store {
             "SELECT id, entity, row_id, op, base_version, \"values\" FROM \"sync:pending\" ORDER BY seq LIMIT ?1",
         )?;
         let rows: Vec<(String, String, String, String, Option<i64>, String)> = stmt
-            .query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+            .query_map([max as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })?
             .collect::<rusqlite::Result<_>>()?;
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
@@ -368,7 +375,8 @@ impl Store {
     pub(crate) fn mark_sent(&mut self, ids: &[MutationId]) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached("UPDATE \"sync:pending\" SET attempts = attempts + 1 WHERE id = ?1")?;
+            let mut stmt =
+                tx.prepare_cached("UPDATE \"sync:pending\" SET attempts = attempts + 1 WHERE id = ?1")?;
             for id in ids {
                 stmt.execute([id.0.to_string()])?;
             }
@@ -398,7 +406,8 @@ impl Store {
             "SELECT id, entity, row_id, op, base_version, \"values\", attempts, created_at \
              FROM \"sync:pending\" ORDER BY seq",
         )?;
-        let rows: Vec<(String, String, String, String, Option<i64>, String, i64, String)> = stmt
+        type Raw = (String, String, String, String, Option<i64>, String, i64, String);
+        let rows: Vec<Raw> = stmt
             .query_map([], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
             })?
@@ -469,12 +478,14 @@ impl Store {
 
     /// Removes a refused upload from the log once the app has dealt with it.
     pub(crate) fn dismiss_conflict(&mut self, id: &MutationId) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM \"sync:conflicts\" WHERE mutation_id = ?1", [id.0.to_string()])? > 0)
+        Ok(self.conn.execute("DELETE FROM \"sync:conflicts\" WHERE mutation_id = ?1", [id.0.to_string()])?
+            > 0)
     }
 }
 
 fn canonical_id(meta: &EntityMetadata, row_id: &RowId) -> Result<RowId> {
-    meta.parse_row_id(row_id.as_str()).map_err(|e| ClientError::invalid(format!("row id of '{}': {e}", meta.name)))
+    meta.parse_row_id(row_id.as_str())
+        .map_err(|e| ClientError::invalid(format!("row id of '{}': {e}", meta.name)))
 }
 
 /// Checks the columns and types of a local write.
@@ -584,7 +595,9 @@ fn ack_one(
                 server_row: server_row.clone(),
                 at: now_text(),
             };
-            let show = server_row.as_ref().map(|r| values_to_json(&r.values));
+            // Held rows show the server's row (or the last one pulled until
+            // the next pull says otherwise).
+            let show = server_row.as_ref().map(|r| values_to_json(&r.values)).or(shadow_data);
             refused(tx, meta.as_deref(), &record, next.is_some(), show)?;
             Ok(Some(AckOutcome::Refused(record)))
         }

@@ -140,11 +140,15 @@ impl Store {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(128);
         conn.execute_batch(INIT)?;
-        let format: Option<String> =
-            conn.query_row("SELECT value FROM \"sync:meta\" WHERE key = ?1", [key::FORMAT], |r| r.get(0)).optional()?;
+        let format: Option<String> = conn
+            .query_row("SELECT value FROM \"sync:meta\" WHERE key = ?1", [key::FORMAT], |r| r.get(0))
+            .optional()?;
         match format.as_deref() {
             None => {
-                conn.execute("INSERT INTO \"sync:meta\" (key, value) VALUES (?1, ?2)", [key::FORMAT, FORMAT])?;
+                conn.execute(
+                    "INSERT INTO \"sync:meta\" (key, value) VALUES (?1, ?2)",
+                    [key::FORMAT, FORMAT],
+                )?;
             }
             Some(FORMAT) => {}
             Some(other) => {
@@ -184,7 +188,8 @@ impl Store {
 
     /// The schema of `entity`, or `NotFound`.
     pub fn require_schema(&self, entity: &EntityName) -> Result<Arc<EntityMetadata>> {
-        self.schema(entity).ok_or_else(|| ClientError::NotFound(format!("entity '{entity}' is not synced here")))
+        self.schema(entity)
+            .ok_or_else(|| ClientError::NotFound(format!("entity '{entity}' is not synced here")))
     }
 
     /// A meta value.
@@ -455,14 +460,18 @@ impl Store {
         let count = |k: &str| -> Result<u64> { Ok(self.meta(k)?.and_then(|s| s.parse().ok()).unwrap_or(0)) };
         let mut entities = Vec::new();
         for meta in self.schemas() {
-            let rows: i64 =
-                self.conn.query_row(&format!("SELECT count(*) FROM {}", quote(meta.name.as_str())), [], |r| r.get(0))?;
+            let rows: i64 = self.conn.query_row(
+                &format!("SELECT count(*) FROM {}", quote(meta.name.as_str())),
+                [],
+                |r| r.get(0),
+            )?;
             entities.push(crate::events::EntityCount { entity: meta.name.clone(), rows: rows as u64 });
         }
         let mut partitions = Vec::new();
         {
-            let mut stmt =
-                self.conn.prepare("SELECT key, entity, sum, count, repair FROM \"sync:partitions\" ORDER BY key")?;
+            let mut stmt = self
+                .conn
+                .prepare("SELECT key, entity, sum, count, repair FROM \"sync:partitions\" ORDER BY key")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -487,7 +496,8 @@ impl Store {
                 });
             }
         }
-        let conflicts: i64 = self.conn.query_row("SELECT count(*) FROM \"sync:conflicts\"", [], |r| r.get(0))?;
+        let conflicts: i64 =
+            self.conn.query_row("SELECT count(*) FROM \"sync:conflicts\"", [], |r| r.get(0))?;
         Ok(crate::events::Status {
             has_cursor: self.cursor()?.is_some(),
             last_sync: self.meta(key::LAST_SYNC)?,

@@ -33,9 +33,11 @@ fn create_sql(meta: &EntityMetadata, table: &str) -> String {
 
 fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
     Ok(conn
-        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE", [name], |_| {
-            Ok(())
-        })
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+            [name],
+            |_| Ok(()),
+        )
         .optional()?
         .is_some())
 }
@@ -127,7 +129,7 @@ fn migrate(conn: &Connection, old: &EntityMetadata, new: &EntityMetadata) -> Res
                 if old_ty != &a.ty {
                     retyped = true;
                 }
-                vals.push(v.coerce(&a.ty).unwrap_or(Value::Null));
+                vals.push(convert(v, &a.ty));
             }
             write.execute(rusqlite::params_from_iter(vals.iter().map(SqlValue)))?;
         }
@@ -138,6 +140,21 @@ fn migrate(conn: &Connection, old: &EntityMetadata, new: &EntityMetadata) -> Res
     conn.execute_batch(&format!("DROP TABLE {}", quote(name)))?;
     conn.execute_batch(&format!("ALTER TABLE {} RENAME TO {}", quote(&tmp), quote(name)))?;
     Ok(SchemaEffect::Altered { repair: retyped })
+}
+
+/// Converts a value to another attribute type where it has a meaning there
+/// (`"12"` → 12); otherwise null.
+fn convert(v: Value, ty: &sync_core::AttributeType) -> Value {
+    match v.clone().coerce(ty) {
+        Ok(v) => v,
+        Err(_) => match v {
+            Value::String(s) => serde_json::from_str::<serde_json::Value>(s.trim())
+                .ok()
+                .and_then(|j| Value::from_json(j).coerce(ty).ok())
+                .unwrap_or(Value::Null),
+            other => Value::String(other.canonical_text()).coerce(ty).unwrap_or(Value::Null),
+        },
+    }
 }
 
 #[cfg(test)]
