@@ -114,8 +114,8 @@ impl StagingSync {
             pages += 1;
             let more = page.more;
             let next = page.next_token.clone();
-            let outcome = match &mut full_reread {
-                None => org.apply_changes(&item.entity, &page).await?,
+            let applied = match &mut full_reread {
+                None => org.apply_changes(&item.entity, &page).await,
                 Some(seen) => {
                     seen.extend(
                         page.upserts
@@ -130,8 +130,17 @@ impl StagingSync {
                     } else {
                         page.deletes.extend(unseen_rows(org.as_ref(), &item.entity, seen).await?);
                     }
-                    org.apply_changes(&item.entity, &page).await?
+                    org.apply_changes(&item.entity, &page).await
                 }
+            };
+            let outcome = match applied {
+                Ok(o) => o,
+                // Deprovisioned while we were reading: stop quietly.
+                Err(e) if e.kind() == ErrorKind::NotFound && self.org_gone(&item.org).await? => {
+                    tracing::info!(org = %item.org, entity = %item.entity, "org deprovisioned during its sync; stopping");
+                    return Ok(RunOutcome::OrgGone);
+                }
+                Err(e) => return Err(e),
             };
             rows += outcome.upserted + outcome.deleted;
             if pages % 50 == 0 {
@@ -170,7 +179,11 @@ impl StagingSync {
                 return Ok(true);
             }
         };
-        let result = self.sync_entity(&item, Some(&delivery), stop).await;
+        let result = match self.sync_entity(&item, Some(&delivery), stop).await {
+            // Deprovisioned mid-run (any step may see it): end quietly.
+            Err(e) if e.kind() == ErrorKind::NotFound && self.org_gone(&item.org).await? => Ok(RunOutcome::OrgGone),
+            other => other,
+        };
         let report = |rows: u64, error: Option<String>| SyncRunReport {
             entity: item.entity.clone(),
             at: time::OffsetDateTime::now_utc(),
@@ -195,6 +208,14 @@ impl StagingSync {
         };
         settle(self.queue.as_ref(), &delivery, &settled, &self.config).await?;
         Ok(true)
+    }
+
+    async fn org_gone(&self, org: &crate::ids::OrgId) -> Result<bool> {
+        match self.store.org(org).await {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     async fn record(&self, item: &SyncWorkItem, report: SyncRunReport) {

@@ -6,3 +6,7 @@
 mod queue;
 mod source;
 mod staging;
+
+pub use queue::MemoryQueue;
+pub use source::{MemoryConnector, MemorySource, SourceOp};
+pub use staging::MemoryStagingStore;
