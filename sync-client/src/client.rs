@@ -278,6 +278,14 @@ impl SyncClient {
         self.with_store(|s| s.status()).await
     }
 
+    /// Checks the local copy against itself (recomputed checksums, held
+    /// rows present) and marks partitions that fail for repair; the next
+    /// sync re-reads them. Returns those partitions. Reads every membership:
+    /// run it now and then (after a crash, on a schedule), not on every sync.
+    pub async fn verify(&self) -> Result<Vec<sync_core::PartitionKey>> {
+        self.with_store(|s| s.verify()).await
+    }
+
     // ----- sync -----
 
     /// Pushes every pending edit, then pulls until the server has nothing

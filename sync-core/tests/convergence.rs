@@ -61,7 +61,9 @@ fn principal(user: &str) -> Principal {
     let org = OrgId::new(ORG).unwrap();
     match user {
         "u1" => Principal::new("u1", org).with_role("rep").with_claim("teams", serde_json::json!(["red"])),
-        "u2" => Principal::new("u2", org).with_role("rep").with_claim("teams", serde_json::json!(["red", "blue"])),
+        "u2" => {
+            Principal::new("u2", org).with_role("rep").with_claim("teams", serde_json::json!(["red", "blue"]))
+        }
         _ => Principal::new(user, org).with_role("manager"),
     }
 }
@@ -84,8 +86,16 @@ fn profiles(policy: &ConflictPolicy, manager_filter: &str) -> Vec<Profile> {
     active.allow_upload = true;
     active.conflict = policy.clone();
     vec![
-        Profile { name: ProfileName::new("reps").unwrap(), roles: ["rep".into()].into(), items: vec![mine, team, notes] },
-        Profile { name: ProfileName::new("managers").unwrap(), roles: ["manager".into()].into(), items: vec![active] },
+        Profile {
+            name: ProfileName::new("reps").unwrap(),
+            roles: ["rep".into()].into(),
+            items: vec![mine, team, notes],
+        },
+        Profile {
+            name: ProfileName::new("managers").unwrap(),
+            roles: ["manager".into()].into(),
+            items: vec![active],
+        },
     ]
 }
 
@@ -124,7 +134,11 @@ fn arb_op() -> impl Strategy<Value = Op> {
 }
 
 fn arb_policy() -> impl Strategy<Value = ConflictPolicy> {
-    prop_oneof![Just(ConflictPolicy::Merge), Just(ConflictPolicy::ClientWins), Just(ConflictPolicy::ServerWins)]
+    prop_oneof![
+        Just(ConflictPolicy::Merge),
+        Just(ConflictPolicy::ClientWins),
+        Just(ConflictPolicy::ServerWins)
+    ]
 }
 
 type RowKey = (EntityName, RowId);
@@ -151,7 +165,8 @@ impl ModelClient {
 
     fn apply(&mut self, resp: PullResponse) {
         let current: BTreeSet<PartitionKey> = resp.partitions.iter().map(|p| p.key.clone()).collect();
-        let vanished: Vec<PartitionKey> = self.membership.keys().filter(|k| !current.contains(*k)).cloned().collect();
+        let vanished: Vec<PartitionKey> =
+            self.membership.keys().filter(|k| !current.contains(*k)).cloned().collect();
         for p in vanished {
             let members = self.membership.remove(&p).unwrap_or_default();
             for key in members.keys() {
@@ -319,11 +334,12 @@ impl World {
         let org = self.store.org(&OrgId::new(ORG).unwrap()).await.unwrap();
         let profiles = org.profiles().await.unwrap();
         let schemas = org.schemas().await.unwrap();
-        let held: BTreeSet<PartitionKey> = sync_core::filter::principal_partitions(&principal(user), &profiles, &schemas)
-            .unwrap()
-            .iter()
-            .map(Partition::key)
-            .collect();
+        let held: BTreeSet<PartitionKey> =
+            sync_core::filter::principal_partitions(&principal(user), &profiles, &schemas)
+                .unwrap()
+                .iter()
+                .map(Partition::key)
+                .collect();
         let mut out = BTreeMap::new();
         for meta in &schemas {
             let planner = MembershipPlanner::new(meta, &profiles).unwrap();
@@ -344,7 +360,11 @@ impl World {
         let actual: BTreeMap<_, _> = client.rows.iter().map(|(k, (_, v))| (k.clone(), v.clone())).collect();
         let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(*k)).collect();
         let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(*k)).collect();
-        let stale: Vec<_> = expected.iter().filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v)).map(|(k, _)| k).collect();
+        let stale: Vec<_> = expected
+            .iter()
+            .filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v))
+            .map(|(k, _)| k)
+            .collect();
         assert!(
             missing.is_empty() && extra.is_empty() && stale.is_empty(),
             "client {} diverged: missing {missing:?}, extra {extra:?}, stale {stale:?}",
@@ -374,7 +394,8 @@ impl World {
                 self.source.upsert("note", Row::new(RowId::new(format!("n{id}")).unwrap(), values)).unwrap();
             }
             Op::SourceDelete { note, id } => {
-                let (entity, rid) = if note { ("note", format!("n{id}")) } else { ("task", format!("t{id}")) };
+                let (entity, rid) =
+                    if note { ("note", format!("n{id}")) } else { ("task", format!("t{id}")) };
                 self.source.delete(entity, &rid).unwrap();
             }
             Op::Stage => self.stage().await,
@@ -394,10 +415,19 @@ impl World {
                 let Some(((entity, id), (version, _))) = client.rows.iter().nth(idx) else { return };
                 let (op, values) = match (entity.as_str(), kind) {
                     (_, 0) => (MutationOp::Delete, BTreeMap::new()),
-                    ("task", 1) => (MutationOp::Update, [(col("owner"), Value::from(USERS[value as usize]))].into()),
-                    ("task", 2) => (MutationOp::Update, [(col("state"), Value::Integer(i64::from(value)))].into()),
-                    ("task", _) => (MutationOp::Update, [(col("amount"), Value::Integer(1000 + i64::from(value)))].into()),
-                    (_, _) => (MutationOp::Update, [(col("body"), Value::from(format!("edited {value}")))].into()),
+                    ("task", 1) => {
+                        (MutationOp::Update, [(col("owner"), Value::from(USERS[value as usize]))].into())
+                    }
+                    ("task", 2) => {
+                        (MutationOp::Update, [(col("state"), Value::Integer(i64::from(value)))].into())
+                    }
+                    ("task", _) => (
+                        MutationOp::Update,
+                        [(col("amount"), Value::Integer(1000 + i64::from(value)))].into(),
+                    ),
+                    (_, _) => {
+                        (MutationOp::Update, [(col("body"), Value::from(format!("edited {value}")))].into())
+                    }
                 };
                 client.pending.push(ClientMutation {
                     id: MutationId::new_v4(),
@@ -435,7 +465,8 @@ impl World {
                 self.source.set_schema(task_schema(self.priority)).unwrap();
             }
             Op::ToggleManagerFilter => {
-                self.manager_filter = if self.manager_filter == "state eq 1" { "state ne 0" } else { "state eq 1" };
+                self.manager_filter =
+                    if self.manager_filter == "state eq 1" { "state ne 0" } else { "state eq 1" };
                 self.put_profiles().await;
             }
             Op::ExpireTokens => self.source.expire_all_tokens(),

@@ -22,7 +22,10 @@ fn account() -> EntityMetadata {
     EntityMetadata::new(
         EntityName::new("account").unwrap(),
         col("accountid"),
-        vec![Attribute::new(col("accountid"), AttributeType::String), Attribute::new(col("name"), AttributeType::String)],
+        vec![
+            Attribute::new(col("accountid"), AttributeType::String),
+            Attribute::new(col("name"), AttributeType::String),
+        ],
     )
     .unwrap()
 }
@@ -72,7 +75,9 @@ fn mock_connector(source: MockMetadataSource) -> Arc<dyn SourceConnector> {
 }
 
 fn provision_event() -> ProvisioningEvent {
-    ProvisioningEvent::Provision { org: OrgConfig::new(org(), OrgSourceConfig { kind: "mock".into(), settings: Default::default() }) }
+    ProvisioningEvent::Provision {
+        org: OrgConfig::new(org(), OrgSourceConfig { kind: "mock".into(), settings: Default::default() }),
+    }
 }
 
 fn q(name: &str) -> QueueName {
@@ -91,7 +96,11 @@ async fn transient_source_failure_is_retried_with_backoff() {
         if *n == 1 {
             Err(Error::unavailable("source is restarting"))
         } else {
-            Ok(ChangePage { upserts: vec![row("a", "A")], next_token: Some(ChangeToken("t1".into())), ..ChangePage::default() })
+            Ok(ChangePage {
+                upserts: vec![row("a", "A")],
+                next_token: Some(ChangeToken("t1".into())),
+                ..ChangePage::default()
+            })
         }
     });
     let rig = rig(mock_connector(source));
@@ -163,7 +172,10 @@ async fn redelivered_provision_event_is_idempotent() {
 #[tokio::test]
 async fn malformed_events_are_dead_lettered() {
     let rig = rig(Arc::new(MockSourceConnector::new()));
-    rig.queue.send(&q(PROVISIONING_QUEUE), Message { body: b"{not json".to_vec(), ..Message::default() }).await.unwrap();
+    rig.queue
+        .send(&q(PROVISIONING_QUEUE), Message { body: b"{not json".to_vec(), ..Message::default() })
+        .await
+        .unwrap();
     assert!(rig.provisioner.run_once().await.unwrap());
     let dead = rig.queue.dead_letters(&q(PROVISIONING_QUEUE), 10).await.unwrap();
     assert_eq!(dead.len(), 1);

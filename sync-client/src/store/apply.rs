@@ -125,6 +125,26 @@ impl Store {
                WHERE p.repair = ?1",
             [repair::NEEDED],
         )?;
+        // Every row of the entities concerned goes to the sweep too, so a row
+        // shown without any membership (a lost membership, a row left behind)
+        // is dropped unless the repair brings it back.
+        let entities: Vec<String> = tx
+            .prepare("SELECT DISTINCT entity FROM \"sync:partitions\" WHERE repair = ?1")?
+            .query_map([repair::NEEDED], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for e in entities {
+            let Some(meta) = EntityName::new(e).ok().and_then(|e| self.schemas.get(&e).cloned()) else {
+                continue;
+            };
+            tx.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO \"sync:sweep\" (entity, row_id) SELECT ?1, CAST({} AS TEXT) FROM {}",
+                    quote(meta.primary_key.as_str()),
+                    quote(meta.name.as_str())
+                ),
+                [meta.name.as_str()],
+            )?;
+        }
         tx.execute(
             "DELETE FROM \"sync:membership\" WHERE pid IN (SELECT pid FROM \"sync:partitions\" WHERE repair = ?1)",
             [repair::NEEDED],

@@ -198,10 +198,13 @@ pub(crate) fn refold(conn: &Connection, meta: &EntityMetadata, row_id: &RowId) -
 pub struct LocalWrite {
     /// The row written.
     pub row_id: RowId,
-    /// The pending mutation that carries the edit. `None` when the edit
+    /// The pending mutation that carries the edit (a new one, or the row's
+    /// unsent pending edit it was merged into). `None` when the edit
     /// cancelled an upload that had not been sent yet (a delete of a row
     /// inserted offline), so nothing is left to upload.
     pub mutation: Option<MutationId>,
+    /// The unsent pending mutation this edit cancelled, if any.
+    pub cancelled: Option<MutationId>,
 }
 
 impl Store {
@@ -270,6 +273,7 @@ impl Store {
             })
             .optional()?;
         let mut result_id = None;
+        let mut cancelled = None;
         if let Some((lseq, lid, lop, lvalues, 0)) = &last {
             let lop = parse_op(lop)?;
             let mut merged = loose_values_from_json(Some(&meta), lvalues)?;
@@ -293,6 +297,7 @@ impl Store {
                 Some(None) => {
                     tx.prepare_cached("DELETE FROM \"sync:pending\" WHERE seq = ?1")?.execute([lseq])?;
                     result_id = Some(None);
+                    cancelled = Some(parse_id(lid)?);
                 }
                 None => {}
             }
@@ -334,7 +339,7 @@ impl Store {
             refold(&tx, &meta, &row_id)?;
         }
         tx.commit()?;
-        Ok(LocalWrite { row_id, mutation })
+        Ok(LocalWrite { row_id, mutation, cancelled })
     }
 
     /// The next mutations to upload: the longest prefix of the queue (in

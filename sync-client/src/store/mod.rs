@@ -511,3 +511,95 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Checks the local copy against itself: each partition's checksum is
+    /// recomputed from its memberships and compared with the running one,
+    /// and every held row must be present in its table (or have pending
+    /// edits). Partitions that fail are marked for repair, which the next
+    /// sync runs. Returns them.
+    pub fn verify(&mut self) -> Result<Vec<PartitionKey>> {
+        let parts = Store::partitions(&self.conn)?;
+        let mut bad = Vec::new();
+        for (k, p) in &parts {
+            if p.repair != repair::NONE {
+                continue;
+            }
+            let (sum, count): (i64, i64) = self.conn.query_row(
+                "SELECT sum, count FROM \"sync:partitions\" WHERE pid = ?1",
+                [p.pid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let meta = self.schema(&p.entity);
+            let mut computed = sync_core::Checksum::default();
+            let mut missing = false;
+            {
+                let mut stmt =
+                    self.conn.prepare("SELECT row_id, version FROM \"sync:membership\" WHERE pid = ?1")?;
+                let mut rows = stmt.query([p.pid])?;
+                while let Some(r) = rows.next()? {
+                    let row_id = RowId::new(r.get::<_, String>(0)?)
+                        .map_err(|e| ClientError::corrupt(e.to_string()))?;
+                    let version = sync_core::Seq(r.get::<_, i64>(1)? as u64);
+                    computed.add(&p.entity, &row_id, version);
+                    if !missing && let Some(meta) = &meta {
+                        let shown = self.row_exists(meta, &row_id)?;
+                        let pending: bool = self
+                            .conn
+                            .prepare_cached(
+                                "SELECT EXISTS (SELECT 1 FROM \"sync:shadow\" WHERE entity = ?1 AND row_id = ?2)",
+                            )?
+                            .query_row(params![p.entity.as_str(), row_id.as_str()], |r| r.get(0))?;
+                        missing = !shown && !pending;
+                    }
+                }
+            }
+            if missing || i64::from(computed.sum) != sum || computed.count as i64 != count {
+                tracing::warn!(partition = %k, missing, "local copy of partition failed verification");
+                self.conn.execute(
+                    "UPDATE \"sync:partitions\" SET repair = ?2 WHERE pid = ?1",
+                    params![p.pid, repair::NEEDED],
+                )?;
+                bad.push(k.clone());
+            }
+        }
+        // Rows shown although no partition holds them, no edit is pending on
+        // them and no sweep is due: their entity's partitions are repaired
+        // (the repair sweeps every row of the entity).
+        for meta in self.schemas() {
+            let sql = format!(
+                "SELECT EXISTS (SELECT 1 FROM {t} e WHERE NOT EXISTS (SELECT 1 FROM \"sync:membership\" m \
+                   JOIN \"sync:partitions\" p ON p.pid = m.pid WHERE p.entity = ?1 AND m.row_id = CAST(e.{k} AS TEXT)) \
+                 AND NOT EXISTS (SELECT 1 FROM \"sync:shadow\" s WHERE s.entity = ?1 AND s.row_id = CAST(e.{k} AS TEXT)) \
+                 AND NOT EXISTS (SELECT 1 FROM \"sync:sweep\" w WHERE w.entity = ?1 AND w.row_id = CAST(e.{k} AS TEXT)))",
+                t = quote(meta.name.as_str()),
+                k = quote(meta.primary_key.as_str()),
+            );
+            let orphans: bool = self.conn.query_row(&sql, [meta.name.as_str()], |r| r.get(0))?;
+            if orphans {
+                tracing::warn!(entity = %meta.name, "rows shown that no partition holds");
+                for (k, p) in &parts {
+                    if p.entity == meta.name && p.repair == repair::NONE && !bad.contains(k) {
+                        self.conn.execute(
+                            "UPDATE \"sync:partitions\" SET repair = ?2 WHERE pid = ?1",
+                            params![p.pid, repair::NEEDED],
+                        )?;
+                        bad.push(k.clone());
+                    }
+                }
+            }
+        }
+        bad.sort();
+        Ok(bad)
+    }
+
+    fn row_exists(&self, meta: &EntityMetadata, row_id: &RowId) -> Result<bool> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {} = ?1)",
+            quote(meta.name.as_str()),
+            quote(meta.primary_key.as_str())
+        );
+        let key = key_value(meta, row_id)?;
+        Ok(self.conn.prepare_cached(&sql)?.query_row([SqlValue(&key)], |r| r.get(0))?)
+    }
+}

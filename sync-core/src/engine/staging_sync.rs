@@ -181,7 +181,9 @@ impl StagingSync {
         };
         let result = match self.sync_entity(&item, Some(&delivery), stop).await {
             // Deprovisioned mid-run (any step may see it): end quietly.
-            Err(e) if e.kind() == ErrorKind::NotFound && self.org_gone(&item.org).await? => Ok(RunOutcome::OrgGone),
+            Err(e) if e.kind() == ErrorKind::NotFound && self.org_gone(&item.org).await? => {
+                Ok(RunOutcome::OrgGone)
+            }
             other => other,
         };
         let report = |rows: u64, error: Option<String>| SyncRunReport {
