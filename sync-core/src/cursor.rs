@@ -32,6 +32,10 @@ pub struct Cursor {
     pub org: OrgId,
     /// The user it belongs to.
     pub user: String,
+    /// The org's incarnation it was issued for (see
+    /// [`OrgStaging::incarnation`](crate::staging::OrgStaging::incarnation)).
+    #[serde(default)]
+    pub incarnation: String,
     /// The org's schema version the client last received.
     pub schema_version: u64,
     /// Position per partition: every change with a seq at or below it has
@@ -42,7 +46,13 @@ pub struct Cursor {
 impl Cursor {
     /// A cursor at the start of everything for `org` and `user`.
     pub fn start(org: OrgId, user: impl Into<String>) -> Self {
-        Cursor { org, user: user.into(), schema_version: 0, positions: BTreeMap::new() }
+        Cursor {
+            org,
+            user: user.into(),
+            incarnation: String::new(),
+            schema_version: 0,
+            positions: BTreeMap::new(),
+        }
     }
 }
 

@@ -160,11 +160,20 @@ pub trait OrgStaging: Send + Sync {
     /// The org this handle serves.
     fn org_id(&self) -> OrgId;
 
+    /// An id of this creation of the org: stable across handles and
+    /// restarts, different after the org is dropped and created again. A
+    /// cursor carries it, so a cursor from before a re-creation (whose seqs
+    /// restart) is refused instead of silently missing changes.
+    fn incarnation(&self) -> String;
+
     /// Creates or evolves the entity's table to match `meta`: new entities
     /// get a table; added attributes become null columns; removed ones are
     /// dropped; a changed type rebuilds the column, keeping values that
     /// convert (others become null). Bumps the schema version when anything
-    /// changed. Errors: `InvalidInput` for metadata that fails
+    /// changed. Every row whose non-null values change (a dropped column
+    /// that held a value, a retyped value that converts differently or to
+    /// null) gets a new version and membership puts, so a client that missed
+    /// an intermediate schema version still converges. Errors: `InvalidInput` for metadata that fails
     /// [`EntityMetadata::validate`]; nothing changes then.
     async fn apply_schema(&self, meta: &EntityMetadata) -> Result<SchemaChange>;
 

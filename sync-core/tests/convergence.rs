@@ -164,6 +164,14 @@ impl ModelClient {
     }
 
     fn apply(&mut self, resp: PullResponse) {
+        // A schema change migrates local rows: dropped columns go, new ones are null.
+        if let Some(schemas) = &resp.schemas {
+            for ((entity, _), (_, values)) in self.rows.iter_mut() {
+                if let Some(meta) = schemas.iter().find(|m| &m.name == entity) {
+                    values.retain(|c, _| meta.attribute(c.as_str()).is_some());
+                }
+            }
+        }
         let current: BTreeSet<PartitionKey> = resp.partitions.iter().map(|p| p.key.clone()).collect();
         let vanished: Vec<PartitionKey> =
             self.membership.keys().filter(|k| !current.contains(*k)).cloned().collect();
@@ -357,7 +365,8 @@ impl World {
     async fn check_converged(&self, i: usize) {
         let client = &self.clients[i];
         let expected = self.expected(client.principal.user_id.as_str()).await;
-        let actual: BTreeMap<_, _> = client.rows.iter().map(|(k, (_, v))| (k.clone(), v.clone())).collect();
+        let actual: BTreeMap<_, _> = client.rows.iter().map(|(k, (_, v))| (k.clone(), non_null(v))).collect();
+        let expected: BTreeMap<_, _> = expected.into_iter().map(|(k, v)| (k, non_null(&v))).collect();
         let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(*k)).collect();
         let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(*k)).collect();
         let stale: Vec<_> = expected
@@ -367,8 +376,9 @@ impl World {
             .collect();
         assert!(
             missing.is_empty() && extra.is_empty() && stale.is_empty(),
-            "client {} diverged: missing {missing:?}, extra {extra:?}, stale {stale:?}",
-            client.principal.user_id
+            "client {} diverged: missing {missing:?}, extra {extra:?}, stale {:?}",
+            client.principal.user_id,
+            stale.iter().map(|k| (k, &expected[*k], actual.get(*k))).collect::<Vec<_>>()
         );
     }
 
@@ -472,6 +482,11 @@ impl World {
             Op::ExpireTokens => self.source.expire_all_tokens(),
         }
     }
+}
+
+/// A row's non-null values: an absent column and a null one are the same.
+fn non_null(values: &BTreeMap<ColumnName, serde_json::Value>) -> BTreeMap<ColumnName, serde_json::Value> {
+    values.iter().filter(|(_, v)| !v.is_null()).map(|(c, v)| (c.clone(), v.clone())).collect()
 }
 
 fn cases() -> u32 {

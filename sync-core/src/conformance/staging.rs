@@ -58,6 +58,7 @@ macro_rules! staging_store_conformance {
             check_org_lifecycle,
             check_org_directory,
             check_schema_evolution,
+            check_dropped_values_reversion_rows,
             check_invalid_schema_rejected,
             check_row_access,
             check_apply_is_atomic,
@@ -617,6 +618,44 @@ pub async fn check_schema_evolution(store: Arc<dyn StagingStore>) {
     );
     let p3 = staging.row(&ent("product"), &RowId::new("p3").unwrap()).await.unwrap().unwrap();
     assert_eq!(p3.row.get("price"), Some(&Value::Decimal("3.25".parse().unwrap())));
+}
+
+/// A schema change that drops a column re-versions exactly the rows that
+/// held a value in it, with puts to their partitions, so a client that
+/// misses the schema version (the column dropped, then added again) is
+/// still sent the row without the old value.
+pub async fn check_dropped_values_reversion_rows(store: Arc<dyn StagingStore>) {
+    let staging = setup(&store, "contoso").await;
+    staging.put_profile(&profile("all", "rep", vec![item("acc", "account", "")])).await.unwrap();
+    let mut with_note = account(1, "a", 0, None);
+    with_note.values.insert(col("description"), Value::from("keep me?"));
+    let plain = account(2, "b", 0, None);
+    staging.apply_changes(&ent("account"), &upserts(vec![with_note, plain])).await.unwrap();
+    let v1 = staging.row(&ent("account"), &rid(1)).await.unwrap().unwrap().version;
+    let v2 = staging.row(&ent("account"), &rid(2)).await.unwrap().unwrap().version;
+    let head = staging.head().await.unwrap();
+
+    let mut dropped = account_meta();
+    dropped.attributes.retain(|a| a.name.as_str() != "description");
+    staging.apply_schema(&dropped).await.unwrap();
+    let r1 = staging.row(&ent("account"), &rid(1)).await.unwrap().unwrap();
+    let r2 = staging.row(&ent("account"), &rid(2)).await.unwrap().unwrap();
+    assert!(r1.version > v1, "a row that lost a value in the dropped column gets a new version");
+    assert_eq!(r2.version, v2, "a row whose dropped column was null keeps its version");
+    assert!(r1.row.get("description").is_none_or(Value::is_null));
+    let key = plain_key("all", "acc", "account");
+    let page = staging
+        .pull(&PullPlan { partitions: vec![(key.clone(), head)], max_rows: 100, max_bytes: 1 << 20 })
+        .await
+        .unwrap();
+    let puts = ids_in(&page.changes, &key, true);
+    assert_eq!(puts, BTreeSet::from([rid(1)]), "the re-versioned row is put again, the other is not");
+
+    // Added back: values stay null, nothing is re-versioned.
+    staging.apply_schema(&account_meta()).await.unwrap();
+    let again = staging.row(&ent("account"), &rid(1)).await.unwrap().unwrap();
+    assert_eq!(again.version, r1.version);
+    assert!(again.row.get("description").is_none_or(Value::is_null), "a re-added column starts null");
 }
 
 /// Invalid metadata (duplicate columns, a missing or ill-typed key, too many
@@ -1725,6 +1764,20 @@ pub async fn check_drop_removes_everything(store: Arc<dyn StagingStore>) {
         .await
         .unwrap();
 
+    let incarnation = staging.incarnation();
+    assert!(!incarnation.is_empty(), "an org has an incarnation");
+    assert_eq!(
+        store.org(&org_id("contoso")).await.unwrap().incarnation(),
+        incarnation,
+        "stable across handles"
+    );
+    store.create_org(&org_config("contoso")).await.unwrap();
+    assert_eq!(
+        store.org(&org_id("contoso")).await.unwrap().incarnation(),
+        incarnation,
+        "re-creating an existing org keeps its incarnation"
+    );
+
     store.drop_org(&org_id("contoso")).await.unwrap();
     expect_kind(
         staging.pull(&plan(&BTreeMap::new(), &[], 10, 10)).await,
@@ -1736,6 +1789,7 @@ pub async fn check_drop_removes_everything(store: Arc<dyn StagingStore>) {
 
     store.create_org(&org_config("contoso")).await.unwrap();
     let fresh = store.org(&org_id("contoso")).await.unwrap();
+    assert_ne!(fresh.incarnation(), incarnation, "a re-created org is a new incarnation");
     assert!(fresh.schemas().await.unwrap().is_empty(), "no schema survives a drop");
     assert_eq!(fresh.schema_version().await.unwrap(), 0, "the schema version starts again at 0");
     assert!(fresh.profiles().await.unwrap().is_empty(), "no profile survives a drop");

@@ -5,6 +5,7 @@
 //! staged state as handling it once.
 
 mod provisioner;
+mod retention;
 mod runner;
 mod sources;
 mod staging_sync;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use provisioner::Provisioner;
+pub use retention::TombstoneJanitor;
 pub use runner::{WorkerRunner, WorkerSet};
 pub use sources::SourceCache;
 pub use staging_sync::{RunOutcome, StagingSync};

@@ -158,6 +158,7 @@ impl StagingStore for MemoryStagingStore {
 /// One org's staging database.
 struct MemoryOrg {
     id: OrgId,
+    incarnation: String,
     state: Mutex<OrgState>,
     head_tx: watch::Sender<Seq>,
 }
@@ -409,7 +410,7 @@ impl OrgState {
             }
         }
         let planner = MembershipPlanner::new(meta, &self.profile_list())?;
-        // Convert every row first; `bump` marks rows whose retyped values changed.
+        // Convert every row first; `bump` marks rows whose non-null values changed.
         let mut converted: Vec<(RowId, BTreeMap<_, _>, bool)> = Vec::with_capacity(current.rows.len());
         for (id, row) in &current.rows {
             let mut values = BTreeMap::new();
@@ -427,6 +428,15 @@ impl OrgState {
                 };
                 values.insert(attr.name.clone(), value);
             }
+            // A dropped column that held a value changes the row too: a client
+            // that misses this schema version (the column dropped, then added
+            // again) must still be sent the row without the old value.
+            bump |= row
+                .staged
+                .row
+                .values
+                .iter()
+                .any(|(c, v)| !v.is_null() && meta.attribute(c.as_str()).is_none());
             converted.push((id.clone(), values, bump));
         }
         // Nothing below fails.
@@ -661,7 +671,8 @@ impl OrgState {
 impl MemoryOrg {
     fn new(id: OrgId) -> Self {
         let (head_tx, _) = watch::channel(Seq::ZERO);
-        MemoryOrg { id, state: Mutex::new(OrgState::default()), head_tx }
+        let incarnation = uuid::Uuid::new_v4().simple().to_string();
+        MemoryOrg { id, incarnation, state: Mutex::new(OrgState::default()), head_tx }
     }
 
     /// Locks the state of a live org; `NotFound` once it was dropped.
@@ -702,6 +713,10 @@ impl MemoryOrg {
 impl OrgStaging for MemoryOrg {
     fn org_id(&self) -> OrgId {
         self.id.clone()
+    }
+
+    fn incarnation(&self) -> String {
+        self.incarnation.clone()
     }
 
     async fn apply_schema(&self, meta: &EntityMetadata) -> Result<SchemaChange> {

@@ -45,7 +45,13 @@ impl SyncService {
         let view = self.caller_view(principal, org).await?;
         let cursor = match &request.cursor {
             None => Cursor::start(org.clone(), principal.user_id.clone()),
-            Some(text) => self.inner.codec.decode(text, org, &principal.user_id)?,
+            Some(text) => {
+                let c = self.inner.codec.decode(text, org, &principal.user_id)?;
+                if c.incarnation != view.org.incarnation() {
+                    return Err(Error::resync("the org was re-created since this cursor was issued"));
+                }
+                c
+            }
         };
         let keys: Vec<PartitionKey> = view.partitions.iter().map(|p| p.key()).collect();
         let plan = PullPlan {
@@ -142,6 +148,7 @@ impl SyncService {
         positions.retain(|k, _| keys.contains(k));
         cursor.positions = positions;
         cursor.schema_version = view.schema_version;
+        cursor.incarnation = view.org.incarnation();
         let entities: std::collections::BTreeSet<_> = view.partitions.iter().map(|p| &p.entity).collect();
         Ok(PullResponse {
             schema_version: view.schema_version,

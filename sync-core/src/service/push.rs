@@ -185,7 +185,18 @@ impl SyncService {
     ) -> Result<MutationOutcome> {
         match source.apply(&meta.name, mutation).await {
             Ok(Some(row)) => {
-                let row = meta.check_row(row)?;
+                let row = match meta.check_row(row.clone()) {
+                    Ok(r) => r,
+                    // The source's schema moved ahead of staging: apply the drift now.
+                    Err(_) => {
+                        let current =
+                            source.entities().await?.into_iter().find(|m| m.name == meta.name).ok_or_else(
+                                || Error::not_found(format!("entity '{}' at the source", meta.name)),
+                            )?;
+                        view.org.apply_schema(&current).await?;
+                        current.check_row(row)?
+                    }
+                };
                 let page = ChangePage { upserts: vec![row.clone()], ..ChangePage::default() };
                 view.org.apply_changes(&meta.name, &page).await?;
                 let version = view.org.row(&meta.name, &row.id).await?.map(|s| s.version).unwrap_or_default();
