@@ -94,6 +94,13 @@ pub struct ConflictRecord {
     pub at: String,
 }
 
+impl ConflictRecord {
+    /// The edit's operation as a word (`insert`, `update`, `delete`).
+    pub fn op_name(&self) -> &'static str {
+        op_text(self.op)
+    }
+}
+
 /// What an acknowledgement did, for events.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum AckOutcome {
