@@ -114,6 +114,7 @@ impl SyncClientBuilder {
                 callback: self.callback,
                 sync_lock: tokio::sync::Mutex::new(()),
                 local_change: Notify::new(),
+                local_gen: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -136,9 +137,30 @@ struct Inner {
     callback: Option<EventCallback>,
     sync_lock: tokio::sync::Mutex<()>,
     local_change: Notify,
+    /// Bumped by every local write (with `local_change` notified), so a live
+    /// wait can tell whether an edit arrived since a given moment.
+    local_gen: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
+    fn local_write_done(&self) {
+        self.local_gen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.local_change.notify_waiters();
+    }
+
+    /// Completes once a local write happens after generation `since`.
+    async fn local_write_since(&self, since: u64) {
+        loop {
+            let notified = self.local_change.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.local_gen.load(std::sync::atomic::Ordering::SeqCst) != since {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     fn store(&self) -> Result<MutexGuard<'_, Store>> {
         self.store
             .lock()
@@ -210,7 +232,7 @@ impl SyncClient {
     ) -> Result<LocalWrite> {
         let entity = entity.clone();
         let w = self.with_store(move |s| s.local_write(&entity, LocalOp::Insert(values))).await?;
-        self.inner.local_change.notify_waiters();
+        self.inner.local_write_done();
         Ok(w)
     }
 
@@ -223,7 +245,7 @@ impl SyncClient {
     ) -> Result<LocalWrite> {
         let (entity, row_id) = (entity.clone(), row_id.clone());
         let w = self.with_store(move |s| s.local_write(&entity, LocalOp::Update(row_id, values))).await?;
-        self.inner.local_change.notify_waiters();
+        self.inner.local_write_done();
         Ok(w)
     }
 
@@ -231,7 +253,7 @@ impl SyncClient {
     pub async fn delete(&self, entity: &EntityName, row_id: &RowId) -> Result<LocalWrite> {
         let (entity, row_id) = (entity.clone(), row_id.clone());
         let w = self.with_store(move |s| s.local_write(&entity, LocalOp::Delete(row_id))).await?;
-        self.inner.local_change.notify_waiters();
+        self.inner.local_write_done();
         Ok(w)
     }
 
@@ -359,8 +381,9 @@ impl SyncClient {
 
     async fn sync_locked(&self, cancel: &CancelToken, wait: Option<Duration>) -> Result<SyncReport> {
         let mut report = SyncReport::default();
+        let generation = self.inner.local_gen.load(std::sync::atomic::Ordering::SeqCst);
         self.push_all(&mut report, cancel).await?;
-        let mut wait = if report.pushed > 0 { None } else { wait };
+        let mut wait = if report.pushed > 0 { None } else { wait.map(|w| (w, generation)) };
         let mut resyncs = 0;
         loop {
             let (running, _) = self.with_store(|s| s.repair_state()).await?;
@@ -527,7 +550,7 @@ impl SyncClient {
         stream: Stream,
         report: &mut SyncReport,
         cancel: &CancelToken,
-        wait: Option<Duration>,
+        wait: Option<(Duration, u64)>,
     ) -> Result<StreamResult> {
         let start = self
             .with_store(move |s| match stream {
@@ -560,23 +583,23 @@ impl SyncClient {
         mut cursor: Option<String>,
         tx: mpsc::Sender<Result<PullResponse>>,
         cancel: &CancelToken,
-        mut wait: Option<Duration>,
+        mut wait: Option<(Duration, u64)>,
     ) {
         let limit = self.inner.config.page_limit;
         loop {
+            let live = wait.take();
             let request = PullRequest {
                 cursor: cursor.clone(),
                 limit,
-                wait_ms: wait.take().map(|d| d.as_millis() as u64),
+                wait_ms: live.map(|(d, _)| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             };
             let transport = self.inner.transport.clone();
-            let live = request.wait_ms.is_some();
             let call = self.retrying(cancel, || transport.pull(&request));
-            let response = if live {
+            let response = if let Some((_, generation)) = live {
                 // A local edit ends the wait: the loop goes round to upload it.
                 tokio::select! {
                     r = call => r,
-                    _ = self.inner.local_change.notified() => return,
+                    _ = self.inner.local_write_since(generation) => return,
                 }
             } else {
                 call.await
