@@ -16,7 +16,8 @@ use sync_client::{ClientConfig, SyncClient};
 use sync_core::protocol::*;
 use sync_core::*;
 
-static PAGE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| std::env::var("PAGE").ok().and_then(|s| s.parse().ok()).unwrap_or(1000));
+static PAGE: std::sync::LazyLock<u64> =
+    std::sync::LazyLock::new(|| std::env::var("PAGE").ok().and_then(|s| s.parse().ok()).unwrap_or(1000));
 
 fn col(s: &str) -> ColumnName {
     ColumnName::new(s).unwrap()
@@ -110,7 +111,8 @@ fn raw(total: u64, path: &std::path::Path, cache_kib: u32) -> f64 {
     let start = Instant::now();
     let tx = conn.unchecked_transaction().unwrap();
     {
-        let mut stmt = tx.prepare("INSERT INTO account VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)").unwrap();
+        let mut stmt =
+            tx.prepare("INSERT INTO account VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)").unwrap();
         for i in 0..total {
             let r = row(i);
             let s = |k: usize| match &r[k] {
@@ -149,5 +151,8 @@ fn main() {
     let start = Instant::now();
     let report = rt.block_on(client.sync()).unwrap();
     let rate = report.rows as f64 / start.elapsed().as_secs_f64();
-    println!("rows {total}: raw insert {raw_rate:.0} rows/s, client apply {rate:.0} rows/s, ratio {:.2}", rate / raw_rate);
+    println!(
+        "rows {total}: raw insert {raw_rate:.0} rows/s, client apply {rate:.0} rows/s, ratio {:.2}",
+        rate / raw_rate
+    );
 }

@@ -11,7 +11,10 @@ use sync_core::{AttributeType, ColumnName, EntityMetadata, EntityName, Partition
 
 use super::local::refold;
 use super::schema::{SchemaEffect, apply_schema};
-use super::{PartRow, Store, delete_visible, key, repair, set_meta, values_from_json, values_to_json};
+use super::{
+    HIDDEN, PartRow, RID, Store, data_table, delete_visible, held_rid, key, repair, rid_of, set_meta,
+    values_from_json, values_to_json,
+};
 use crate::error::{ClientError, Result};
 use crate::sql::{SqlValue, quote};
 
@@ -54,8 +57,6 @@ pub(crate) struct PageBatch<'a> {
     schemas: &'a mut HashMap<EntityName, Arc<EntityMetadata>>,
     stream: Stream,
     parts: HashMap<PartitionKey, PartRow>,
-    /// Every pid of each entity (to tell whether another partition holds a row).
-    entity_pids: HashMap<EntityName, Vec<i64>>,
     /// Rows with pending edits (they have a shadow).
     pending: HashSet<(String, String)>,
     /// Checksum deltas not yet written: pid → (sum delta, count delta).
@@ -76,19 +77,16 @@ impl Store {
                 pending.insert(r?);
             }
         }
-        let mut batch = PageBatch {
+        Ok(PageBatch {
             tx,
             schemas: &mut self.schemas,
             stream,
             parts,
-            entity_pids: HashMap::new(),
             pending,
             deltas: HashMap::new(),
             outcome: PageOutcome::default(),
             partitions_seen: None,
-        };
-        batch.index_pids();
-        Ok(batch)
+        })
     }
 
     /// Starts a full resync after `ResyncRequired`: the main cursor is
@@ -97,10 +95,11 @@ impl Store {
     /// back are dropped at its end. Pending edits are kept.
     pub(crate) fn begin_full_resync(&mut self) -> Result<()> {
         let tx = self.conn.transaction()?;
+        for meta in self.schemas.values() {
+            sweep_all_rows(&tx, meta)?;
+        }
         tx.execute_batch(
-            "INSERT OR IGNORE INTO \"sync:sweep\" (entity, row_id) \
-               SELECT p.entity, m.row_id FROM \"sync:membership\" m JOIN \"sync:partitions\" p ON p.pid = m.pid;
-             DELETE FROM \"sync:membership\";
+            "DELETE FROM \"sync:membership\";
              UPDATE \"sync:partitions\" SET sum = 0, count = 0, repair = 0;",
         )?;
         set_meta(&tx, key::CURSOR, None)?;
@@ -119,12 +118,6 @@ impl Store {
             .prepare("SELECT key FROM \"sync:partitions\" WHERE repair = ?1")?
             .query_map([repair::NEEDED], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO \"sync:sweep\" (entity, row_id) \
-               SELECT p.entity, m.row_id FROM \"sync:membership\" m JOIN \"sync:partitions\" p ON p.pid = m.pid \
-               WHERE p.repair = ?1",
-            [repair::NEEDED],
-        )?;
         // Every row of the entities concerned goes to the sweep too, so a row
         // shown without any membership (a lost membership, a row left behind)
         // is dropped unless the repair brings it back.
@@ -136,14 +129,7 @@ impl Store {
             let Some(meta) = EntityName::new(e).ok().and_then(|e| self.schemas.get(&e).cloned()) else {
                 continue;
             };
-            tx.execute(
-                &format!(
-                    "INSERT OR IGNORE INTO \"sync:sweep\" (entity, row_id) SELECT ?1, CAST({} AS TEXT) FROM {}",
-                    quote(meta.primary_key.as_str()),
-                    quote(meta.name.as_str())
-                ),
-                [meta.name.as_str()],
-            )?;
+            sweep_all_rows(&tx, &meta)?;
         }
         tx.execute(
             "DELETE FROM \"sync:membership\" WHERE pid IN (SELECT pid FROM \"sync:partitions\" WHERE repair = ?1)",
@@ -163,13 +149,6 @@ impl Store {
 }
 
 impl PageBatch<'_> {
-    fn index_pids(&mut self) {
-        self.entity_pids.clear();
-        for p in self.parts.values() {
-            self.entity_pids.entry(p.entity.clone()).or_default().push(p.pid);
-        }
-    }
-
     /// What the batch did so far.
     pub(crate) fn outcome(&self) -> &PageOutcome {
         &self.outcome
@@ -258,7 +237,6 @@ impl PageBatch<'_> {
         let listed_set: HashSet<&PartitionKey> = listed.iter().collect();
         let gone: Vec<PartitionKey> =
             self.parts.keys().filter(|k| !listed_set.contains(k)).cloned().collect();
-        self.index_pids();
         for k in gone {
             self.drop_partition(&k)?;
         }
@@ -270,19 +248,28 @@ impl PageBatch<'_> {
     /// so do the rows no other partition holds.
     fn drop_partition(&mut self, k: &PartitionKey) -> Result<()> {
         let Some(part) = self.parts.remove(k) else { return Ok(()) };
-        self.index_pids();
         self.deltas.remove(&part.pid);
-        let rows: Vec<String> = self
+        let rids: Vec<i64> = self
             .tx
-            .prepare_cached("SELECT row_id FROM \"sync:membership\" WHERE pid = ?1")?
+            .prepare_cached("SELECT rid FROM \"sync:membership\" WHERE pid = ?1")?
             .query_map([part.pid], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         self.tx.execute("DELETE FROM \"sync:membership\" WHERE pid = ?1", [part.pid])?;
         self.tx.execute("DELETE FROM \"sync:partitions\" WHERE pid = ?1", [part.pid])?;
         if let Some(meta) = self.schemas.get(&part.entity).cloned() {
-            for r in rows {
-                let row_id = RowId::new(r).map_err(|e| ClientError::corrupt(e.to_string()))?;
-                if !self.held(&part.entity, None, &row_id)? {
+            let sql = format!(
+                "SELECT CAST({} AS TEXT) FROM {} WHERE {RID} = ?1",
+                quote(meta.primary_key.as_str()),
+                quote(&data_table(meta.name.as_str()))
+            );
+            for rid in rids {
+                if held_rid(&self.tx, &part.entity, None, rid)? {
+                    continue;
+                }
+                let id: Option<String> =
+                    self.tx.prepare_cached(&sql)?.query_row([rid], |r| r.get(0)).optional()?;
+                if let Some(id) = id {
+                    let row_id = RowId::new(id).map_err(|e| ClientError::corrupt(e.to_string()))?;
                     self.row_left(&meta, &row_id)?;
                 }
             }
@@ -290,22 +277,6 @@ impl PageBatch<'_> {
         tracing::info!(partition = %k, "partition no longer held; dropped");
         self.outcome.dropped_partitions.push(k.clone());
         Ok(())
-    }
-
-    /// Whether a partition of `entity` other than `except` holds the row.
-    fn held(&self, entity: &EntityName, except: Option<i64>, row_id: &RowId) -> Result<bool> {
-        let Some(pids) = self.entity_pids.get(entity) else { return Ok(false) };
-        let mut stmt =
-            self.tx.prepare_cached("SELECT 1 FROM \"sync:membership\" WHERE pid = ?1 AND row_id = ?2")?;
-        for pid in pids {
-            if Some(*pid) == except {
-                continue;
-            }
-            if stmt.query_row(params![pid, row_id.as_str()], |_| Ok(())).optional()?.is_some() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// The device no longer holds the row: drop it, or — when edits are
@@ -403,18 +374,45 @@ impl PageBatch<'_> {
         part: &PartRow,
         meta: &EntityMetadata,
         columns: &[ColumnName],
-        upsert: &str,
+        upsert: &(String, String),
         row_id: RowId,
         version: Seq,
         values: Vec<Value>,
     ) -> Result<()> {
         let v = i64::try_from(version.0).map_err(|_| ClientError::protocol("version out of range"))?;
+        let pending = self.pending.contains(&(meta.name.as_str().to_owned(), row_id.as_str().to_owned()));
+        let rid: i64 = if pending {
+            // Edits are pending on this row: only make sure it has a row
+            // number; its values come from the fold below.
+            let sql = format!(
+                "INSERT INTO {t} ({k}, {HIDDEN}) VALUES (?1, 1) ON CONFLICT ({k}) DO UPDATE SET {HIDDEN} = {HIDDEN} \
+                 RETURNING {RID}",
+                t = quote(&data_table(meta.name.as_str())),
+                k = quote(meta.primary_key.as_str()),
+            );
+            self.tx.prepare_cached(&sql)?.query_row([SqlValue(&values[0])], |r| r.get(0))?
+        } else {
+            // Insert first (a first download only inserts), update when the
+            // key exists. Neither needs a statement journal, unlike an
+            // upsert with RETURNING.
+            let inserted = self
+                .tx
+                .prepare_cached(&upsert.0)?
+                .execute(rusqlite::params_from_iter(values.iter().map(SqlValue)))?;
+            if inserted == 1 {
+                self.tx.last_insert_rowid()
+            } else {
+                self.tx
+                    .prepare_cached(&upsert.1)?
+                    .query_row(rusqlite::params_from_iter(values.iter().map(SqlValue)), |r| r.get(0))?
+            }
+        };
         let inserted = self
             .tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO \"sync:membership\" (pid, row_id, version) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO \"sync:membership\" (pid, rid, version) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![part.pid, row_id.as_str(), v])?;
+            .execute(params![part.pid, rid, v])?;
         let d = self.deltas.entry(part.pid).or_insert((0, 0));
         if inserted == 1 {
             d.0 = d.0.wrapping_add(membership_hash(&meta.name, &row_id, version));
@@ -422,64 +420,61 @@ impl PageBatch<'_> {
         } else {
             let old: i64 = self
                 .tx
-                .prepare_cached("SELECT version FROM \"sync:membership\" WHERE pid = ?1 AND row_id = ?2")?
-                .query_row(params![part.pid, row_id.as_str()], |r| r.get(0))?;
+                .prepare_cached("SELECT version FROM \"sync:membership\" WHERE pid = ?1 AND rid = ?2")?
+                .query_row(params![part.pid, rid], |r| r.get(0))?;
             if old != v {
                 self.tx
                     .prepare_cached(
-                        "UPDATE \"sync:membership\" SET version = ?3 WHERE pid = ?1 AND row_id = ?2",
+                        "UPDATE \"sync:membership\" SET version = ?3 WHERE pid = ?1 AND rid = ?2",
                     )?
-                    .execute(params![part.pid, row_id.as_str(), v])?;
+                    .execute(params![part.pid, rid, v])?;
                 let d = self.deltas.entry(part.pid).or_insert((0, 0));
                 d.0 = d.0.wrapping_add(membership_hash(&meta.name, &row_id, version));
                 d.0 = d.0.wrapping_sub(membership_hash(&meta.name, &row_id, Seq(old as u64)));
             }
         }
         self.outcome.puts += 1;
-        if self.pending.contains(&(meta.name.as_str().to_owned(), row_id.as_str().to_owned())) {
-            // Edits are pending on this row: the server's row goes to the
-            // shadow and the edits are applied over it again.
+        if pending {
+            // The server's row goes to the shadow and the edits are applied
+            // over it again.
             let (data, shadow_version): (Option<String>, Option<i64>) = self
                 .tx
                 .prepare_cached(
                     "SELECT data, version FROM \"sync:shadow\" WHERE entity = ?1 AND row_id = ?2",
                 )?
                 .query_row(params![meta.name.as_str(), row_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            if shadow_version.is_some_and(|s| s > v) {
-                return Ok(());
+            if shadow_version.is_none_or(|s| s <= v) {
+                let mut base: BTreeMap<ColumnName, Value> = match data {
+                    Some(text) => values_from_json(meta, &text)?,
+                    None => BTreeMap::new(),
+                };
+                for (c, val) in columns.iter().zip(values) {
+                    base.insert(c.clone(), val);
+                }
+                self.tx
+                    .prepare_cached(
+                        "UPDATE \"sync:shadow\" SET data = ?3, version = ?4 WHERE entity = ?1 AND row_id = ?2",
+                    )?
+                    .execute(params![meta.name.as_str(), row_id.as_str(), values_to_json(&base), v])?;
             }
-            let mut base: BTreeMap<ColumnName, Value> = match data {
-                Some(text) => values_from_json(meta, &text)?,
-                None => BTreeMap::new(),
-            };
-            for (c, val) in columns.iter().zip(values) {
-                base.insert(c.clone(), val);
-            }
-            self.tx
-                .prepare_cached(
-                    "UPDATE \"sync:shadow\" SET data = ?3, version = ?4 WHERE entity = ?1 AND row_id = ?2",
-                )?
-                .execute(params![meta.name.as_str(), row_id.as_str(), values_to_json(&base), v])?;
             return refold(&self.tx, meta, &row_id);
         }
-        self.tx.prepare_cached(upsert)?.execute(rusqlite::params_from_iter(values.iter().map(SqlValue)))?;
         Ok(())
     }
 
     fn remove(&mut self, part: &PartRow, meta: &EntityMetadata, row_id: &RowId) -> Result<()> {
+        let Some(rid) = rid_of(&self.tx, meta, row_id)? else { return Ok(()) };
         let old: Option<i64> = self
             .tx
-            .prepare_cached(
-                "DELETE FROM \"sync:membership\" WHERE pid = ?1 AND row_id = ?2 RETURNING version",
-            )?
-            .query_row(params![part.pid, row_id.as_str()], |r| r.get(0))
+            .prepare_cached("DELETE FROM \"sync:membership\" WHERE pid = ?1 AND rid = ?2 RETURNING version")?
+            .query_row(params![part.pid, rid], |r| r.get(0))
             .optional()?;
         let Some(old) = old else { return Ok(()) };
         let d = self.deltas.entry(part.pid).or_insert((0, 0));
         d.0 = d.0.wrapping_sub(membership_hash(&meta.name, row_id, Seq(old as u64)));
         d.1 -= 1;
         self.outcome.removes += 1;
-        if !self.held(&meta.name, Some(part.pid), row_id)? {
+        if !held_rid(&self.tx, &meta.name, Some(part.pid), rid)? {
             self.row_left(meta, row_id)?;
         }
         Ok(())
@@ -562,7 +557,8 @@ impl PageBatch<'_> {
         for (entity, row_id) in rows {
             let (Ok(entity), Ok(row_id)) = (EntityName::new(entity), RowId::new(row_id)) else { continue };
             let Some(meta) = self.schemas.get(&entity).cloned() else { continue };
-            if self.held(&entity, None, &row_id)? {
+            let Some(rid) = rid_of(&self.tx, &meta, &row_id)? else { continue };
+            if held_rid(&self.tx, &entity, None, rid)? {
                 continue;
             }
             self.row_left(&meta, &row_id)?;
@@ -573,18 +569,35 @@ impl PageBatch<'_> {
     }
 }
 
-/// `INSERT … ON CONFLICT DO UPDATE` of the given columns (key first).
-fn upsert_sql(meta: &EntityMetadata, columns: &[ColumnName]) -> String {
+/// The insert (`INSERT OR IGNORE`) and the update by key (`?1`) of the
+/// given columns (key first) of a put.
+fn upsert_sql(meta: &EntityMetadata, columns: &[ColumnName]) -> (String, String) {
+    let table = quote(&data_table(meta.name.as_str()));
     let cols: Vec<String> = columns.iter().map(|c| quote(c.as_str())).collect();
     let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-    let sets: Vec<String> = cols.iter().skip(1).map(|c| format!("{c} = excluded.{c}")).collect();
-    let action =
-        if sets.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", sets.join(", ")) };
-    format!(
-        "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
-        quote(meta.name.as_str()),
-        cols.join(", "),
-        marks.join(", "),
-        quote(meta.primary_key.as_str()),
+    let mut sets: Vec<String> =
+        cols.iter().enumerate().skip(1).map(|(i, c)| format!("{c} = ?{}", i + 1)).collect();
+    sets.push(format!("{HIDDEN} = 0"));
+    (
+        format!("INSERT OR IGNORE INTO {table} ({}) VALUES ({})", cols.join(", "), marks.join(", ")),
+        format!(
+            "UPDATE {table} SET {} WHERE {} = ?1 RETURNING {RID}",
+            sets.join(", "),
+            quote(meta.primary_key.as_str())
+        ),
     )
+}
+
+/// Sets every row of an entity aside for the sweep that ends the next
+/// complete pull.
+fn sweep_all_rows(tx: &rusqlite::Connection, meta: &EntityMetadata) -> Result<()> {
+    tx.execute(
+        &format!(
+            "INSERT OR IGNORE INTO \"sync:sweep\" (entity, row_id) SELECT ?1, CAST({} AS TEXT) FROM {}",
+            quote(meta.primary_key.as_str()),
+            quote(&data_table(meta.name.as_str()))
+        ),
+        [meta.name.as_str()],
+    )?;
+    Ok(())
 }

@@ -16,8 +16,8 @@ use sync_core::protocol::{ClientMutation, MutationOutcome, MutationResult};
 use sync_core::{ColumnName, EntityMetadata, EntityName, MutationId, MutationOp, Row, RowId, Seq, Value};
 
 use super::{
-    Store, delete_visible, loose_values_from_json, now_text, read_visible, values_from_json, values_to_json,
-    write_visible,
+    Store, delete_visible, held_rid, loose_values_from_json, now_text, read_visible, rid_of,
+    values_from_json, values_to_json, write_visible,
 };
 use crate::error::{ClientError, Result};
 
@@ -138,29 +138,28 @@ fn seq(v: Option<i64>) -> Option<Seq> {
 }
 
 /// Whether any partition holds the row.
-pub(crate) fn held(conn: &Connection, entity: &EntityName, row_id: &RowId) -> Result<bool> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM \"sync:membership\" m JOIN \"sync:partitions\" p ON p.pid = m.pid \
-             WHERE p.entity = ?1 AND m.row_id = ?2 LIMIT 1",
-        )?
-        .query_row(params![entity.as_str(), row_id.as_str()], |_| Ok(()))
-        .optional()?
-        .is_some())
+pub(crate) fn held(conn: &Connection, meta: &EntityMetadata, row_id: &RowId) -> Result<bool> {
+    match rid_of(conn, meta, row_id)? {
+        Some(rid) => held_rid(conn, &meta.name, None, rid),
+        None => Ok(false),
+    }
 }
 
 /// The server version the device knows for a row: the highest membership
 /// version, or the version an acknowledgement reported.
-fn known_version(conn: &Connection, entity: &EntityName, row_id: &RowId) -> Result<Option<i64>> {
-    let m: Option<i64> = conn
-        .prepare_cached(
-            "SELECT max(m.version) FROM \"sync:membership\" m JOIN \"sync:partitions\" p ON p.pid = m.pid \
-             WHERE p.entity = ?1 AND m.row_id = ?2",
-        )?
-        .query_row(params![entity.as_str(), row_id.as_str()], |r| r.get(0))?;
+fn known_version(conn: &Connection, meta: &EntityMetadata, row_id: &RowId) -> Result<Option<i64>> {
+    let m: Option<i64> = match rid_of(conn, meta, row_id)? {
+        Some(rid) => conn
+            .prepare_cached(
+                "SELECT max(m.version) FROM \"sync:membership\" m JOIN \"sync:partitions\" p ON p.pid = m.pid \
+                 WHERE p.entity = ?1 AND m.rid = ?2",
+            )?
+            .query_row(params![meta.name.as_str(), rid], |r| r.get(0))?,
+        None => None,
+    };
     let s: Option<i64> = conn
         .prepare_cached("SELECT version FROM \"sync:sweep\" WHERE entity = ?1 AND row_id = ?2")?
-        .query_row(params![entity.as_str(), row_id.as_str()], |r| r.get(0))
+        .query_row(params![meta.name.as_str(), row_id.as_str()], |r| r.get(0))
         .optional()?
         .flatten();
     Ok(m.max(s))
@@ -261,7 +260,7 @@ impl Store {
             Some(s) => s,
             None => {
                 let data = read_visible(&tx, &meta, &row_id)?.map(|r| values_to_json(&r.values));
-                let version = known_version(&tx, entity, &row_id)?;
+                let version = known_version(&tx, &meta, &row_id)?;
                 tx.prepare_cached(
                     "INSERT INTO \"sync:shadow\" (entity, row_id, data, version) VALUES (?1, ?2, ?3, ?4)",
                 )?
@@ -667,7 +666,7 @@ fn refused(
         return refold(tx, meta, &record.row_id);
     }
     forget_shadow(tx, &record.entity, &record.row_id)?;
-    let holds = held(tx, &record.entity, &record.row_id)?;
+    let holds = held(tx, meta, &record.row_id)?;
     match show.filter(|_| holds) {
         Some(text) => write_visible(tx, meta, &record.row_id, &values_from_json(meta, &text)?)?,
         None => delete_visible(tx, meta, &record.row_id)?,

@@ -1,16 +1,20 @@
 //! The local database: typed entity tables plus the client's bookkeeping.
 //!
-//! Entity tables carry the entities' own names (double-quoted), so an app
-//! reads them with plain SQL. The client's own tables have names that
-//! contain a colon, which no entity name can (entity names match
-//! `[A-Za-z_][A-Za-z0-9_]*`), so the two can never collide:
+//! Each entity's rows live in a table `sync:rows:<entity>`, read by the app
+//! through a view named after the entity with exactly the entity's columns
+//! (plain SQL: `SELECT name FROM account`). The table adds a stable row
+//! number (`sync:rowid`, which memberships refer to) and a `sync:hidden`
+//! flag (a row a partition holds but a pending edit deletes). Every client
+//! table has a name with a colon, which no entity name can have (entity
+//! names match `[A-Za-z_][A-Za-z0-9_]*`), so they never collide:
 //!
 //! | table | holds |
 //! | --- | --- |
+//! | `sync:rows:<entity>` | the entity's rows (the view `<entity>` shows the visible ones) |
 //! | `sync:meta` | format version, cursors, schema version, last sync |
 //! | `sync:schemas` | each entity's schema as last received |
 //! | `sync:partitions` | the partitions held, their running checksums, repair state |
-//! | `sync:membership` | `(partition, row_id, version)`: which partition holds which row |
+//! | `sync:membership` | `(partition, row number, version)`: which partition holds which row |
 //! | `sync:pending` | offline edits not yet acknowledged by the server |
 //! | `sync:shadow` | for rows with pending edits: the server's row they apply over |
 //! | `sync:sweep` | rows to drop at the end of the next complete pull unless a partition holds them |
@@ -33,6 +37,7 @@ pub use local::{ConflictRecord, LocalWrite, PendingMutation, RefusalKind};
 
 use crate::error::{ClientError, Result};
 use crate::sql::{SqlValue, quote, read_value};
+pub(crate) use schema::{HIDDEN, RID, data_table};
 
 /// The on-disk format this code reads and writes.
 const FORMAT: &str = "1";
@@ -66,8 +71,8 @@ CREATE TABLE IF NOT EXISTS "sync:partitions" (
     pid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, entity TEXT NOT NULL,
     sum INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0, repair INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS "sync:membership" (
-    pid INTEGER NOT NULL, row_id TEXT NOT NULL, version INTEGER NOT NULL,
-    PRIMARY KEY (pid, row_id)) WITHOUT ROWID;
+    pid INTEGER NOT NULL, rid INTEGER NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (pid, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS "sync:pending" (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, entity TEXT NOT NULL,
     row_id TEXT NOT NULL, op TEXT NOT NULL, base_version INTEGER, "values" TEXT NOT NULL,
@@ -245,7 +250,8 @@ impl Store {
 
     /// Runs a read-only statement and returns column names and rows as JSON.
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<QueryResult> {
-        let mut stmt = self.conn.prepare(sql)?;
+        // The statement is the caller's: a statement SQLite refuses is bad input.
+        let mut stmt = self.conn.prepare(sql).map_err(|e| ClientError::invalid(format!("query: {e}")))?;
         if !stmt.readonly() {
             return Err(ClientError::invalid(
                 "query runs read-only statements; change rows with insert, update and delete so the \
@@ -311,9 +317,9 @@ pub(crate) fn read_visible(
 ) -> Result<Option<sync_core::Row>> {
     let cols: Vec<String> = meta.attributes.iter().map(|a| quote(a.name.as_str())).collect();
     let sql = format!(
-        "SELECT {} FROM {} WHERE {} = ?1",
+        "SELECT {} FROM {} WHERE {} = ?1 AND {HIDDEN} = 0",
         cols.join(", "),
-        quote(meta.name.as_str()),
+        quote(&data_table(meta.name.as_str())),
         quote(meta.primary_key.as_str())
     );
     let key = key_value(meta, row_id)?;
@@ -327,7 +333,8 @@ pub(crate) fn read_visible(
     Ok(Some(sync_core::Row { id: row_id.clone(), values }))
 }
 
-/// Writes the visible row (every column; columns absent from `values` are null).
+/// Writes the visible row (every column; columns absent from `values` are
+/// null), keeping its row number.
 pub(crate) fn write_visible(
     conn: &Connection,
     meta: &EntityMetadata,
@@ -336,11 +343,14 @@ pub(crate) fn write_visible(
 ) -> Result<()> {
     let cols: Vec<String> = meta.attributes.iter().map(|a| quote(a.name.as_str())).collect();
     let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+    let sets: Vec<String> = cols.iter().map(|c| format!("{c} = excluded.{c}")).collect();
     let sql = format!(
-        "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
-        quote(meta.name.as_str()),
+        "INSERT INTO {} ({}, {HIDDEN}) VALUES ({}, 0) ON CONFLICT ({}) DO UPDATE SET {}, {HIDDEN} = 0",
+        quote(&data_table(meta.name.as_str())),
         cols.join(", "),
-        marks.join(", ")
+        marks.join(", "),
+        quote(meta.primary_key.as_str()),
+        sets.join(", ")
     );
     let key = key_value(meta, row_id)?;
     let mut bound: Vec<Value> = Vec::with_capacity(cols.len());
@@ -356,12 +366,44 @@ pub(crate) fn write_visible(
     Ok(())
 }
 
-/// Deletes the visible row.
-pub(crate) fn delete_visible(conn: &Connection, meta: &EntityMetadata, row_id: &RowId) -> Result<()> {
-    let sql =
-        format!("DELETE FROM {} WHERE {} = ?1", quote(meta.name.as_str()), quote(meta.primary_key.as_str()));
+/// The row number of a row, whether shown or hidden.
+pub(crate) fn rid_of(conn: &Connection, meta: &EntityMetadata, row_id: &RowId) -> Result<Option<i64>> {
+    let sql = format!(
+        "SELECT {RID} FROM {} WHERE {} = ?1",
+        quote(&data_table(meta.name.as_str())),
+        quote(meta.primary_key.as_str())
+    );
     let key = key_value(meta, row_id)?;
-    conn.prepare_cached(&sql)?.execute([SqlValue(&key)])?;
+    Ok(conn.prepare_cached(&sql)?.query_row([SqlValue(&key)], |r| r.get(0)).optional()?)
+}
+
+/// Whether a partition of `entity` other than `except` holds row number `rid`.
+pub(crate) fn held_rid(
+    conn: &Connection,
+    entity: &EntityName,
+    except: Option<i64>,
+    rid: i64,
+) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM \"sync:partitions\" p JOIN \"sync:membership\" m ON m.pid = p.pid \
+             WHERE p.entity = ?1 AND m.rid = ?2 AND p.pid IS NOT ?3 LIMIT 1",
+        )?
+        .query_row(params![entity.as_str(), rid, except], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Takes the row out of the app's view: hidden while a partition still
+/// holds it (its membership refers to it), deleted otherwise.
+pub(crate) fn delete_visible(conn: &Connection, meta: &EntityMetadata, row_id: &RowId) -> Result<()> {
+    let Some(rid) = rid_of(conn, meta, row_id)? else { return Ok(()) };
+    let table = quote(&data_table(meta.name.as_str()));
+    if held_rid(conn, &meta.name, None, rid)? {
+        conn.prepare_cached(&format!("UPDATE {table} SET {HIDDEN} = 1 WHERE {RID} = ?1"))?.execute([rid])?;
+    } else {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE {RID} = ?1"))?.execute([rid])?;
+    }
     Ok(())
 }
 
@@ -425,9 +467,9 @@ impl Store {
             .position(|a| a.name == meta.primary_key)
             .ok_or_else(|| ClientError::corrupt(format!("schema of '{entity}' lacks its key")))?;
         let sql = format!(
-            "SELECT {} FROM {} ORDER BY {}",
+            "SELECT {} FROM {} WHERE {HIDDEN} = 0 ORDER BY {}",
             cols.join(", "),
-            quote(meta.name.as_str()),
+            quote(&data_table(meta.name.as_str())),
             quote(meta.primary_key.as_str())
         );
         let mut stmt = self.conn.prepare(&sql)?;
@@ -530,29 +572,35 @@ impl Store {
                 [p.pid],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let meta = self.schema(&p.entity);
             let mut computed = sync_core::Checksum::default();
             let mut missing = false;
-            {
-                let mut stmt =
-                    self.conn.prepare("SELECT row_id, version FROM \"sync:membership\" WHERE pid = ?1")?;
-                let mut rows = stmt.query([p.pid])?;
+            if let Some(meta) = self.schema(&p.entity) {
+                let sql = format!(
+                    "SELECT CAST(d.{k} AS TEXT), m.version, d.{HIDDEN}, \
+                       EXISTS (SELECT 1 FROM \"sync:shadow\" s WHERE s.entity = ?2 AND s.row_id = CAST(d.{k} AS TEXT)) \
+                     FROM \"sync:membership\" m LEFT JOIN {t} d ON d.{RID} = m.rid WHERE m.pid = ?1",
+                    k = quote(meta.primary_key.as_str()),
+                    t = quote(&data_table(meta.name.as_str())),
+                );
+                let mut stmt = self.conn.prepare(&sql)?;
+                let mut rows = stmt.query(params![p.pid, p.entity.as_str()])?;
                 while let Some(r) = rows.next()? {
-                    let row_id = RowId::new(r.get::<_, String>(0)?)
-                        .map_err(|e| ClientError::corrupt(e.to_string()))?;
                     let version = sync_core::Seq(r.get::<_, i64>(1)? as u64);
+                    let Some(id) = r.get::<_, Option<String>>(0)? else {
+                        // A membership of a row that is gone.
+                        missing = true;
+                        continue;
+                    };
+                    let row_id = RowId::new(id).map_err(|e| ClientError::corrupt(e.to_string()))?;
                     computed.add(&p.entity, &row_id, version);
-                    if !missing && let Some(meta) = &meta {
-                        let shown = self.row_exists(meta, &row_id)?;
-                        let pending: bool = self
-                            .conn
-                            .prepare_cached(
-                                "SELECT EXISTS (SELECT 1 FROM \"sync:shadow\" WHERE entity = ?1 AND row_id = ?2)",
-                            )?
-                            .query_row(params![p.entity.as_str(), row_id.as_str()], |r| r.get(0))?;
-                        missing = !shown && !pending;
+                    let hidden: i64 = r.get(2)?;
+                    let pending: bool = r.get(3)?;
+                    if hidden != 0 && !pending {
+                        missing = true;
                     }
                 }
+            } else {
+                missing = true;
             }
             if missing || i64::from(computed.sum) != sum || computed.count as i64 != count {
                 tracing::warn!(partition = %k, missing, "local copy of partition failed verification");
@@ -569,10 +617,10 @@ impl Store {
         for meta in self.schemas() {
             let sql = format!(
                 "SELECT EXISTS (SELECT 1 FROM {t} e WHERE NOT EXISTS (SELECT 1 FROM \"sync:membership\" m \
-                   JOIN \"sync:partitions\" p ON p.pid = m.pid WHERE p.entity = ?1 AND m.row_id = CAST(e.{k} AS TEXT)) \
+                   JOIN \"sync:partitions\" p ON p.pid = m.pid WHERE p.entity = ?1 AND m.rid = e.{RID}) \
                  AND NOT EXISTS (SELECT 1 FROM \"sync:shadow\" s WHERE s.entity = ?1 AND s.row_id = CAST(e.{k} AS TEXT)) \
                  AND NOT EXISTS (SELECT 1 FROM \"sync:sweep\" w WHERE w.entity = ?1 AND w.row_id = CAST(e.{k} AS TEXT)))",
-                t = quote(meta.name.as_str()),
+                t = quote(&data_table(meta.name.as_str())),
                 k = quote(meta.primary_key.as_str()),
             );
             let orphans: bool = self.conn.query_row(&sql, [meta.name.as_str()], |r| r.get(0))?;
@@ -591,15 +639,5 @@ impl Store {
         }
         bad.sort();
         Ok(bad)
-    }
-
-    fn row_exists(&self, meta: &EntityMetadata, row_id: &RowId) -> Result<bool> {
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE {} = ?1)",
-            quote(meta.name.as_str()),
-            quote(meta.primary_key.as_str())
-        );
-        let key = key_value(meta, row_id)?;
-        Ok(self.conn.prepare_cached(&sql)?.query_row([SqlValue(&key)], |r| r.get(0))?)
     }
 }

@@ -19,16 +19,47 @@ pub(crate) enum SchemaEffect {
     Altered { repair: bool },
 }
 
+/// The table holding an entity's rows. The app reads them through a view
+/// named after the entity ([`view_sql`]).
+pub(crate) fn data_table(entity: &str) -> String {
+    format!("sync:rows:{entity}")
+}
+
+/// The data table's stable row number: memberships refer to rows by it, so
+/// a first download appends to the membership index instead of inserting
+/// at random places (the key is usually a random UUID).
+pub(crate) const RID: &str = "\"sync:rowid\"";
+/// Set on a row a partition holds but a pending edit deletes: kept for its
+/// membership, not shown.
+pub(crate) const HIDDEN: &str = "\"sync:hidden\"";
+
 fn create_sql(meta: &EntityMetadata, table: &str) -> String {
-    let mut cols = Vec::with_capacity(meta.attributes.len());
+    let mut cols = vec![format!("{RID} INTEGER PRIMARY KEY"), format!("{HIDDEN} INTEGER NOT NULL DEFAULT 0")];
     for a in &meta.attributes {
         let mut c = format!("{} {}", quote(a.name.as_str()), column_type(&a.ty));
         if a.name == meta.primary_key {
-            c.push_str(" PRIMARY KEY NOT NULL");
+            c.push_str(" NOT NULL UNIQUE");
         }
         cols.push(c);
     }
     format!("CREATE TABLE {} ({})", quote(table), cols.join(", "))
+}
+
+/// The view the app reads: the entity's columns of its visible rows.
+fn view_sql(meta: &EntityMetadata) -> String {
+    let cols: Vec<String> = meta.attributes.iter().map(|a| quote(a.name.as_str())).collect();
+    format!(
+        "CREATE VIEW {} AS SELECT {} FROM {} WHERE {HIDDEN} = 0",
+        quote(meta.name.as_str()),
+        cols.join(", "),
+        quote(&data_table(meta.name.as_str()))
+    )
+}
+
+fn recreate_view(conn: &Connection, meta: &EntityMetadata) -> Result<()> {
+    conn.execute_batch(&format!("DROP VIEW IF EXISTS {}", quote(meta.name.as_str())))?;
+    conn.execute_batch(&view_sql(meta))?;
+    Ok(())
 }
 
 fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
@@ -54,13 +85,14 @@ pub(crate) fn apply_schema(
     let effect = match old {
         Some(old) if old == new => return Ok(SchemaEffect::Unchanged),
         None => {
-            if table_exists(conn, name)? {
+            if table_exists(conn, name)? || table_exists(conn, &data_table(name))? {
                 return Err(ClientError::corrupt(format!(
-                    "a table named '{name}' exists but was not made by the sync client; \
+                    "a table or view named '{name}' exists but was not made by the sync client; \
                      rename it or use another database file"
                 )));
             }
-            conn.execute_batch(&create_sql(new, name))?;
+            conn.execute_batch(&create_sql(new, &data_table(name)))?;
+            conn.execute_batch(&view_sql(new))?;
             SchemaEffect::Created
         }
         Some(old) => migrate(conn, old, new)?,
@@ -76,12 +108,21 @@ pub(crate) fn apply_schema(
 
 fn migrate(conn: &Connection, old: &EntityMetadata, new: &EntityMetadata) -> Result<SchemaEffect> {
     let name = new.name.as_str();
+    let table = data_table(name);
     let key_same = old.primary_key == new.primary_key && old.key_type().ok() == new.key_type().ok();
+    conn.execute_batch(&format!("DROP VIEW IF EXISTS {}", quote(name)))?;
     if !key_same {
         // Rows cannot be carried over under another key: start the table
-        // afresh and let the repair read the entity's partitions again.
-        conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(name)))?;
-        conn.execute_batch(&create_sql(new, name))?;
+        // afresh (memberships of its rows go with it) and let the repair read
+        // the entity's partitions again.
+        conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&table)))?;
+        conn.execute_batch(&create_sql(new, &table))?;
+        conn.execute(
+            "DELETE FROM \"sync:membership\" WHERE pid IN (SELECT pid FROM \"sync:partitions\" WHERE entity = ?1)",
+            [name],
+        )?;
+        conn.execute("UPDATE \"sync:partitions\" SET sum = 0, count = 0 WHERE entity = ?1", [name])?;
+        recreate_view(conn, new)?;
         return Ok(SchemaEffect::Altered { repair: true });
     }
     let only_added = old.attributes.iter().all(|a| new.attribute(a.name.as_str()) == Some(a));
@@ -90,55 +131,51 @@ fn migrate(conn: &Connection, old: &EntityMetadata, new: &EntityMetadata) -> Res
             if old.attribute(a.name.as_str()).is_none() {
                 conn.execute_batch(&format!(
                     "ALTER TABLE {} ADD COLUMN {} {}",
-                    quote(name),
+                    quote(&table),
                     quote(a.name.as_str()),
                     column_type(&a.ty)
                 ))?;
             }
         }
+        recreate_view(conn, new)?;
         return Ok(SchemaEffect::Altered { repair: false });
     }
-    // Columns were removed or retyped: rebuild the table, converting the
-    // values that convert (the others become null until the repair brings
-    // the server's values).
-    let tmp = format!("{name}:rebuild");
+    // Columns were removed or retyped: rebuild the table under the same row
+    // numbers, converting the values that convert (the others become null
+    // until the repair brings the server's values).
+    let tmp = format!("{table}:rebuild");
     conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&tmp)))?;
     conn.execute_batch(&create_sql(new, &tmp))?;
     let kept: Vec<_> = new.attributes.iter().filter(|a| old.attribute(a.name.as_str()).is_some()).collect();
-    let mut retyped = false;
+    let retyped = kept.iter().any(|a| old.attribute(a.name.as_str()).map(|o| &o.ty) != Some(&a.ty));
     {
-        let select = format!(
-            "SELECT {} FROM {}",
-            kept.iter().map(|a| quote(a.name.as_str())).collect::<Vec<_>>().join(", "),
-            quote(name)
-        );
+        let mut names = vec![RID.to_owned(), HIDDEN.to_owned()];
+        names.extend(kept.iter().map(|a| quote(a.name.as_str())));
+        let select = format!("SELECT {} FROM {}", names.join(", "), quote(&table));
         let insert = format!(
             "INSERT INTO {} ({}) VALUES ({})",
             quote(&tmp),
-            kept.iter().map(|a| quote(a.name.as_str())).collect::<Vec<_>>().join(", "),
-            (1..=kept.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+            names.join(", "),
+            (1..=names.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
         );
         let mut read = conn.prepare(&select)?;
         let mut write = conn.prepare(&insert)?;
         let mut rows = read.query([])?;
         while let Some(r) = rows.next()? {
-            let mut vals: Vec<Value> = Vec::with_capacity(kept.len());
+            let mut vals: Vec<Value> = Vec::with_capacity(names.len());
+            vals.push(Value::Integer(r.get::<_, i64>(0)?));
+            vals.push(Value::Integer(r.get::<_, i64>(1)?));
             for (i, a) in kept.iter().enumerate() {
                 let old_ty = old.attribute(a.name.as_str()).map(|o| &o.ty).unwrap_or(&a.ty);
-                let v = read_value(r.get_ref(i)?, old_ty).unwrap_or(Value::Null);
-                if old_ty != &a.ty {
-                    retyped = true;
-                }
+                let v = read_value(r.get_ref(i + 2)?, old_ty).unwrap_or(Value::Null);
                 vals.push(convert(v, &a.ty));
             }
             write.execute(rusqlite::params_from_iter(vals.iter().map(SqlValue)))?;
         }
     }
-    if kept.iter().any(|a| old.attribute(a.name.as_str()).map(|o| &o.ty) != Some(&a.ty)) {
-        retyped = true;
-    }
-    conn.execute_batch(&format!("DROP TABLE {}", quote(name)))?;
-    conn.execute_batch(&format!("ALTER TABLE {} RENAME TO {}", quote(&tmp), quote(name)))?;
+    conn.execute_batch(&format!("DROP TABLE {}", quote(&table)))?;
+    conn.execute_batch(&format!("ALTER TABLE {} RENAME TO {}", quote(&tmp), quote(&table)))?;
+    recreate_view(conn, new)?;
     Ok(SchemaEffect::Altered { repair: retyped })
 }
 
@@ -174,7 +211,9 @@ mod tests {
     fn conn() -> Connection {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch(
-            "CREATE TABLE \"sync:schemas\" (entity TEXT PRIMARY KEY NOT NULL, hash TEXT NOT NULL, schema TEXT NOT NULL)",
+            "CREATE TABLE \"sync:schemas\" (entity TEXT PRIMARY KEY NOT NULL, hash TEXT NOT NULL, schema TEXT NOT NULL);
+             CREATE TABLE \"sync:partitions\" (pid INTEGER PRIMARY KEY, entity TEXT, sum INTEGER, count INTEGER);
+             CREATE TABLE \"sync:membership\" (pid INTEGER, rid INTEGER, version INTEGER);",
         )
         .unwrap();
         c
@@ -185,7 +224,7 @@ mod tests {
         let c = conn();
         let v1 = meta(&[("id", AttributeType::Integer), ("qty", AttributeType::String)]);
         assert_eq!(apply_schema(&c, None, &v1).unwrap(), SchemaEffect::Created);
-        c.execute("INSERT INTO \"order\" (id, qty) VALUES (1, '12'), (2, 'many')", []).unwrap();
+        c.execute("INSERT INTO \"sync:rows:order\" (id, qty) VALUES (1, '12'), (2, 'many')", []).unwrap();
         assert_eq!(apply_schema(&c, Some(&v1), &v1).unwrap(), SchemaEffect::Unchanged);
         let v2 = meta(&[
             ("id", AttributeType::Integer),

@@ -421,9 +421,14 @@ impl World {
         }
         let victim = &ids[rng.below(ids.len() as u64) as usize];
         if rng.below(2) == 0 {
-            conn.execute("DELETE FROM task WHERE taskid = ?1", [victim]).unwrap();
+            conn.execute("DELETE FROM \"sync:rows:task\" WHERE taskid = ?1", [victim]).unwrap();
         } else {
-            conn.execute("DELETE FROM \"sync:membership\" WHERE row_id = ?1", [victim]).unwrap();
+            conn.execute(
+                "DELETE FROM \"sync:membership\" WHERE rid = \
+                 (SELECT \"sync:rowid\" FROM \"sync:rows:task\" WHERE taskid = ?1)",
+                [victim],
+            )
+            .unwrap();
         }
         drop(conn);
         c.client.verify().await.unwrap();
