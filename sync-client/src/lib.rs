@@ -4,9 +4,12 @@
 //! with a sync server through any [`SyncTransport`], with offline edits
 //! queued and uploaded on the next sync.
 //!
-//! * **Local tables** are created and migrated from the server's schemas,
-//!   one typed table per entity under the entity's own name, so an app reads
-//!   them with plain SQL ([`SyncClient::query`]).
+//! * **Local tables** are created and migrated from the server's schemas:
+//!   one typed table per entity (`sync:rows:<entity>`), read through a view
+//!   with the entity's own name and exactly its columns, so an app reads
+//!   them with plain SQL ([`SyncClient::query`]: `SELECT name FROM account`).
+//!   Identifiers are validated by sync-core and always double-quoted; every
+//!   value is bound.
 //! * **Pulls** are applied page by page with the cursor in the same
 //!   transaction (several pages per transaction on a long initial sync), so
 //!   a kill at any point resumes where the last commit left off, with no row

@@ -43,6 +43,13 @@ struct Cli {
     /// SQLite page cache of the local database, in MiB.
     #[arg(long, default_value_t = 64, global = true)]
     cache_mib: u32,
+    /// Most rows applied per local transaction while pulling (commit size
+    /// sets the download rate; smaller commits hold the database for less).
+    #[arg(long, default_value_t = 200_000, global = true)]
+    commit_rows: u64,
+    /// Most edits per upload request.
+    #[arg(long, default_value_t = 500, global = true)]
+    push_batch: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -144,7 +151,12 @@ fn open(cli: &Cli, need_server: bool) -> Result<SyncClient, String> {
         }
         _ => Arc::new(Offline),
     };
-    let mut config = ClientConfig { page_limit: cli.page_limit, ..ClientConfig::default() };
+    let mut config = ClientConfig {
+        page_limit: cli.page_limit,
+        max_rows_per_commit: cli.commit_rows.max(1),
+        push_batch: cli.push_batch.max(1),
+        ..ClientConfig::default()
+    };
     config.store.cache_kib = cli.cache_mib.saturating_mul(1024);
     SyncClient::builder(&cli.db, transport).config(config).open().map_err(|e| e.to_string())
 }
@@ -250,7 +262,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let report = result.map_err(|e| e.to_string())?;
             if let Some(r) = report {
                 if *json {
-                    print_json(&r)?;
+                    print_json(&serde_json::json!({ "report": r, "peak_rss_kib": peak_rss_kib() }))?;
                 } else {
                     println!(
                         "synced: pushed {} (applied {}, conflicts {}, rejected {}), pulled {} rows in {} pages, \
@@ -398,6 +410,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// This process's peak resident set size, where the OS tells it.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn main() -> ExitCode {
