@@ -417,3 +417,83 @@ async fn query_is_read_only_and_identifiers_are_quoted() {
     assert!(c.insert(&ent(), [(col("id"), Value::from("r1"))].into()).await.is_err());
     let _ = BTreeMap::<u8, u8>::new();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_delete_hides_a_held_row_until_the_server_answers() {
+    let t = Arc::new(Scripted::default());
+    t.pull(Ok(page(
+        "c1",
+        &["p/a"],
+        vec![batch("p/a", &[("r1", "one", 1, 5), ("r2", "two", 2, 6)], &[])],
+        false,
+        &[("p/a", checksum(&[("r1", 5), ("r2", 6)]))],
+    )));
+    let (c, _d) = client(&t);
+    c.sync().await.unwrap();
+    let del = c.delete(&ent(), &rid("r1")).await.unwrap().mutation.unwrap();
+    assert!(c.row(&ent(), &rid("r1")).await.unwrap().is_none());
+    // The row stays held (its membership refers to it) but hidden.
+    let q = c
+        .query("SELECT count(*) FROM \"sync:rows:account\" WHERE \"sync:hidden\" = 1", vec![])
+        .await
+        .unwrap();
+    assert_eq!(q.rows[0][0], serde_json::json!(1));
+    // A pull brings a newer r1: still hidden, the delete is pending.
+    t.push_reply(Err(sync_core::Error::unavailable("down")));
+    assert!(c.sync().await.is_err());
+    t.push_reply(Ok(PushResponse {
+        results: vec![MutationResult {
+            id: del,
+            outcome: MutationOutcome::Conflict {
+                server_row: Some(Row::new(
+                    rid("r1"),
+                    [
+                        (col("id"), Value::from("r1")),
+                        (col("name"), Value::from("kept")),
+                        (col("n"), Value::Integer(3)),
+                    ],
+                )),
+                reason: "server-wins".into(),
+            },
+        }],
+        write_checkpoint: Seq(9),
+    }));
+    t.pull(Ok(page(
+        "c2",
+        &["p/a"],
+        vec![batch("p/a", &[("r1", "kept", 3, 9)], &[])],
+        false,
+        &[("p/a", checksum(&[("r1", 9), ("r2", 6)]))],
+    )));
+    let report = c.sync().await.unwrap();
+    assert_eq!(report.conflicts, 1);
+    // The server kept the row: it shows again, with the server's values.
+    assert_eq!(names(&c).await, vec![("r1".into(), "kept".into()), ("r2".into(), "two".into())]);
+    assert!(c.verify().await.unwrap().is_empty());
+
+    // A delete of r2, and the server drops r2 from the partition before the
+    // upload: the row goes, the delete is still uploaded.
+    let del2 = c.delete(&ent(), &rid("r2")).await.unwrap().mutation.unwrap();
+    t.push_reply(Err(sync_core::Error::unavailable("down")));
+    assert!(c.sync().await.is_err());
+    t.push_reply(Ok(PushResponse {
+        results: vec![MutationResult {
+            id: del2,
+            outcome: MutationOutcome::Applied { row: None, version: Seq(11) },
+        }],
+        write_checkpoint: Seq(11),
+    }));
+    t.pull(Ok(page(
+        "c3",
+        &["p/a"],
+        vec![batch("p/a", &[], &["r2"])],
+        false,
+        &[("p/a", checksum(&[("r1", 9)]))],
+    )));
+    c.sync().await.unwrap();
+    assert_eq!(names(&c).await, vec![("r1".into(), "kept".into())]);
+    let q = c.query("SELECT count(*) FROM \"sync:rows:account\"", vec![]).await.unwrap();
+    assert_eq!(q.rows[0][0], serde_json::json!(1), "no hidden row left behind");
+    assert!(c.pending().await.unwrap().is_empty());
+    assert!(c.verify().await.unwrap().is_empty());
+}
