@@ -161,7 +161,7 @@ impl Chaos {
 /// The in-process transport plus test controls: a push whose response is
 /// lost after the server applied it, and server changes between pulls.
 pub struct TestTransport {
-    pub inner: Mutex<InProcessTransport>,
+    pub inner: Mutex<Arc<dyn SyncTransport>>,
     pub lose_next_push: AtomicBool,
     pub interleave: AtomicBool,
     pub chaos: Option<Chaos>,
@@ -207,9 +207,23 @@ pub struct TestClient {
     _dir: tempfile::TempDir,
 }
 
+/// Makes a transport acting as a principal.
+pub type Connect = Arc<dyn Fn(&Principal) -> Arc<dyn SyncTransport> + Send + Sync>;
+
+/// Which server the clients talk to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The in-memory store, called in-process.
+    Memory,
+}
+
 pub struct World {
     pub source: Arc<MemorySource>,
-    pub store: Arc<MemoryStagingStore>,
+    pub store: Arc<dyn StagingStore>,
+    /// Makes a transport acting as a principal (in-process or HTTP).
+    pub connect: Connect,
+    /// Keeps the backend's files and server alive.
+    pub _backend: Box<dyn std::any::Any + Send + Sync>,
     pub service: SyncService,
     pub stager: Arc<StagingSync>,
     pub clients: Vec<TestClient>,
@@ -233,10 +247,16 @@ pub async fn stage(service: &SyncService, stager: &StagingSync) {
 
 impl World {
     pub async fn new(policy: ConflictPolicy, seed: u64) -> World {
+        Self::with_backend(policy, seed, Backend::Memory).await
+    }
+
+    pub async fn with_backend(policy: ConflictPolicy, seed: u64, backend: Backend) -> World {
         let source = Arc::new(MemorySource::with_entities([task_schema(None), note_schema()]).unwrap());
         let connector = MemoryConnector::new();
         connector.register("crm", source.clone());
-        let store = Arc::new(MemoryStagingStore::new());
+        let (store, keep): (Arc<dyn StagingStore>, Box<dyn std::any::Any + Send + Sync>) = match backend {
+            Backend::Memory => (Arc::new(MemoryStagingStore::new()), Box::new(())),
+        };
         let queue = Arc::new(MemoryQueue::new());
         let sources = Arc::new(SourceCache::new(Arc::new(connector.clone())));
         let config = WorkerConfig { page_size: 4, ..WorkerConfig::default() };
@@ -248,12 +268,20 @@ impl World {
         let org = OrgConfig::new(OrgId::new(ORG).unwrap(), MemoryConnector::config("crm"));
         service.provision(&admin(), org).await.unwrap();
         assert!(provisioner.run_once().await.unwrap());
+        let connect: Connect = match backend {
+            Backend::Memory => {
+                let service = service.clone();
+                Arc::new(move |p: &Principal| {
+                    Arc::new(InProcessTransport::new(service.clone(), p.clone())) as _
+                })
+            }
+        };
         let mut rng = Rng::new(seed ^ 0xC0FFEE);
         let mut clients = Vec::new();
         for user in USERS {
             let pushes = Arc::new(Mutex::new(Vec::new()));
             let transport = Arc::new(TestTransport {
-                inner: Mutex::new(InProcessTransport::new(service.clone(), principal(user))),
+                inner: Mutex::new(connect(&principal(user))),
                 lose_next_push: AtomicBool::new(false),
                 interleave: AtomicBool::new(false),
                 chaos: Some(Chaos {
@@ -298,6 +326,8 @@ impl World {
         let mut world = World {
             source,
             store,
+            connect,
+            _backend: keep,
             service,
             stager,
             clients,
@@ -398,8 +428,7 @@ impl World {
     pub fn flip_teams(&mut self, user: usize) {
         let c = &mut self.clients[user];
         c.flipped = !c.flipped;
-        *c.transport.inner.lock().unwrap() =
-            InProcessTransport::new(self.service.clone(), principal_with(c.user, c.flipped));
+        *c.transport.inner.lock().unwrap() = (self.connect)(&principal_with(c.user, c.flipped));
     }
 
     pub fn set_interleave(&self, user: usize, on: bool) {
