@@ -212,6 +212,29 @@ fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> Error {
     }
 }
 
+/// Checks the content type and reads the body within the request's
+/// [`BodyLimit`].
+async fn json_body(request: Request) -> Result<Bytes, ApiError> {
+    match request.headers().get(header::CONTENT_TYPE) {
+        Some(value) if is_json_content_type(value) => {}
+        Some(value) => {
+            let shown = value.to_str().unwrap_or("(not text)");
+            return Err(ApiError::with_status(
+                Error::invalid(format!("the request body must be application/json, not '{shown}'")),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ));
+        }
+        None => {
+            return Err(ApiError::with_status(
+                Error::invalid("the request has no Content-Type; send application/json"),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ));
+        }
+    }
+    let limit = request.extensions().get::<BodyLimit>().copied().unwrap_or_default();
+    read_limited(request, limit.0).await
+}
+
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
     S: Send + Sync,
@@ -220,26 +243,51 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        match request.headers().get(header::CONTENT_TYPE) {
-            Some(value) if is_json_content_type(value) => {}
-            Some(value) => {
-                let shown = value.to_str().unwrap_or("(not text)");
-                return Err(ApiError::with_status(
-                    Error::invalid(format!("the request body must be application/json, not '{shown}'")),
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ));
-            }
-            None => {
-                return Err(ApiError::with_status(
-                    Error::invalid("the request has no Content-Type; send application/json"),
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ));
-            }
-        }
-        let limit = request.extensions().get::<BodyLimit>().copied().unwrap_or_default();
-        let bytes = read_limited(request, limit.0).await?;
+        let bytes = json_body(request).await?;
         decode_json(&bytes).map(ApiJson).map_err(ApiError::new)
     }
+}
+
+/// Reads a request body that must be a JSON object, as [`ApiJson`] does
+/// (content type, body limit), and decodes it with [`decode_request_body`].
+pub(crate) async fn json_object<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
+    let bytes = json_body(request).await?;
+    decode_request_body(&bytes).map_err(ApiError::new)
+}
+
+/// Decodes a request body the way the router does: one JSON object (serde
+/// would also read a struct from an array of its fields in order, which no
+/// client means), nothing after it, every failure an `InvalidInput` saying
+/// where the JSON is malformed or which field is wrong.
+///
+/// ```
+/// use sync_core::protocol::PullRequest;
+/// use transport_http::decode_request_body;
+///
+/// let ok: PullRequest = decode_request_body(br#"{"limit": 10}"#).unwrap();
+/// assert_eq!(ok.limit, Some(10));
+/// let e = decode_request_body::<PullRequest>(br#"{"limit": "ten"}"#).unwrap_err();
+/// assert!(e.to_string().contains("'limit'"));
+/// let e = decode_request_body::<PullRequest>(b"[]").unwrap_err();
+/// assert!(e.to_string().contains("expected a JSON object, found an array"));
+/// ```
+pub fn decode_request_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if let Some(b) = first
+        && *b != b'{'
+        // Malformed text is reported as such, by the decoder below.
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        let found = match b {
+            b'[' => "an array",
+            b'"' => "a string",
+            b'-' | b'0'..=b'9' => "a number",
+            b't' | b'f' => "a boolean",
+            _ => "null",
+        };
+        return Err(Error::invalid(format!("invalid request body: expected a JSON object, found {found}")));
+    }
+    decode_json(bytes)
 }
 
 impl<T: serde::Serialize> IntoResponse for ApiJson<T> {

@@ -38,6 +38,11 @@ pub struct HttpConfig {
     /// When set, a request whose host is `{org}.<base_domain>` is routed to
     /// that org (besides the `/v1/orgs/{org}/…` paths).
     pub base_domain: Option<String>,
+    /// How long the router remembers an org-directory answer (where an org
+    /// is served) before asking the store again; zero asks on every request.
+    /// Changes made through this router's admin endpoints take effect at
+    /// once; changes made by another process, within this time.
+    pub directory_ttl: Duration,
 }
 
 impl Default for HttpConfig {
@@ -47,6 +52,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(30),
             base_domain: None,
+            directory_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -67,6 +73,12 @@ impl HttpConfig {
     /// Sets [`max_wait`](Self::max_wait).
     pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait;
+        self
+    }
+
+    /// Sets [`directory_ttl`](Self::directory_ttl).
+    pub fn with_directory_ttl(mut self, ttl: Duration) -> Self {
+        self.directory_ttl = ttl;
         self
     }
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sync_core::memory::MemorySource;
-use sync_core::{Attribute, AttributeType, ColumnName, EntityMetadata, EntityName, Result, Row, RowId, Value};
+use sync_core::{
+    Attribute, AttributeType, ColumnName, EntityMetadata, EntityName, Result, Row, RowId, Value,
+};
 use uuid::Uuid;
 
 /// The demo users who get dev tokens: (name, user id).
@@ -59,7 +61,8 @@ fn entity(name: &str, key: &str, attrs: &[(&str, AttributeType)]) -> Result<Enti
 
 /// The demo CRM's schemas.
 pub fn schemas() -> Result<Vec<EntityMetadata>> {
-    let lookup = |t: &str| -> Result<AttributeType> { Ok(AttributeType::Lookup { target: EntityName::new(t)? }) };
+    let lookup =
+        |t: &str| -> Result<AttributeType> { Ok(AttributeType::Lookup { target: EntityName::new(t)? }) };
     Ok(vec![
         entity("businessunit", "businessunitid", &[("name", AttributeType::String)])?,
         entity(
@@ -119,8 +122,20 @@ pub struct DemoSize {
     pub accounts: u64,
 }
 
-const NAMES: [&str; 12] =
-    ["Contoso", "Fabrikam", "Northwind", "Adventure Works", "Litware", "Tailspin", "Woodgrove", "Proseware", "Alpine", "Coho", "Fourth Coffee", "Wingtip"];
+const NAMES: [&str; 12] = [
+    "Contoso",
+    "Fabrikam",
+    "Northwind",
+    "Adventure Works",
+    "Litware",
+    "Tailspin",
+    "Woodgrove",
+    "Proseware",
+    "Alpine",
+    "Coho",
+    "Fourth Coffee",
+    "Wingtip",
+];
 const FIRST: [&str; 8] = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana"];
 const LAST: [&str; 8] = ["Silva", "Novak", "Okafor", "Larsen", "Kim", "Haddad", "Ivanova", "Mendez"];
 
@@ -133,7 +148,9 @@ fn id(kind: u128, n: u64) -> Uuid {
 }
 
 fn now() -> Value {
-    Value::DateTime(time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH))
+    Value::DateTime(
+        time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+    )
 }
 
 fn row(key: Uuid, values: Vec<(&str, Value)>) -> Result<Row> {
@@ -165,7 +182,10 @@ fn contact_row(rng: &mut Rng, n: u64, accounts: u64, owners: &[Uuid]) -> Result<
         id(2, n),
         vec![
             ("fullname", Value::from(format!("{f} {l}"))),
-            ("emailaddress1", Value::from(format!("{}.{}{n}@example.com", f.to_lowercase(), l.to_lowercase()))),
+            (
+                "emailaddress1",
+                Value::from(format!("{}.{}{n}@example.com", f.to_lowercase(), l.to_lowercase())),
+            ),
             ("parentcustomerid", Value::Uuid(id(1, rng.below(accounts)))),
             ("ownerid", Value::Uuid(*rng.pick(owners))),
             ("statecode", Value::Integer(0)),
@@ -250,7 +270,9 @@ pub async fn keep_changing(source: Arc<MemorySource>, size: DemoSize, every: Dur
                 }
                 6 => {
                     let n = rng.below(a * 2);
-                    opportunity_row(&mut rng, n, a, &owners).and_then(|r| source.upsert("opportunity", r)).map(drop)
+                    opportunity_row(&mut rng, n, a, &owners)
+                        .and_then(|r| source.upsert("opportunity", r))
+                        .map(drop)
                 }
                 7..=8 => {
                     next_task += 1;

@@ -2,6 +2,8 @@
 //! client, the test keys.
 #![allow(dead_code)]
 
+pub mod fixture;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

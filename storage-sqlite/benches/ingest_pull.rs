@@ -1,0 +1,355 @@
+//! Ingest and pull throughput of the SQLite staging store beside raw
+//! rusqlite on the same rows, measured in the same run.
+//!
+//! ```sh
+//! cargo bench -p storage-sqlite --bench ingest_pull
+//! SQLITE_BENCH_ROWS=200000 cargo bench -p storage-sqlite --bench ingest_pull
+//! ```
+//!
+//! Environment: `SQLITE_BENCH_ROWS` (default 1,000,000), `SQLITE_BENCH_PAGE`
+//! (rows per change page, default 5,000), `SQLITE_BENCH_PULL_PAGE` (ops per
+//! pull, default 1,000), `SQLITE_BENCH_CACHE_MIB` (page cache of every
+//! connection, raw and store alike, default 64), `SQLITE_BENCH_OWNERS`
+//! (distinct owners, default 100), `SQLITE_BENCH_DIR` (where the databases
+//! go; default a temporary directory).
+//!
+//! Scenario: CRM-like `account` rows (uuid key + 8 typed columns); profile
+//! `sales` with item `active` (`statecode eq 0`, 90 % of rows) and item
+//! `mine` (`ownerid eq @user.id`, one partition per owner).
+//! * ingest: the store stages every row through `apply_changes` in pages
+//!   (rows + membership of both items + checksums + token per page); raw
+//!   rusqlite upserts the same rows with one prepared statement in one
+//!   transaction into a table with an indexed version column.
+//! * update: every row again with changed values (owners and states move),
+//!   in random order; same comparison.
+//! * pull: one user pulls `active` and `mine` from the start in pages, rows
+//!   decoded into typed values; raw rusqlite scans the table ordered by the
+//!   indexed version column, reading every column into owned values.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
+use storage_sqlite::StoreOptions;
+use sync_core::staging::PullPlan;
+use sync_core::{ChangePage, ChangeToken, PartitionKey, Principal, Row, Seq, StagingStore, Value};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+}
+
+/// The same value conversion a hand-written rusqlite program would do.
+fn raw_bind(v: &Value) -> ToSqlOutput<'_> {
+    match v {
+        Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+        Value::String(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        Value::Integer(i) => ToSqlOutput::Owned(SqlValue::Integer(*i)),
+        Value::Boolean(b) => ToSqlOutput::Owned(SqlValue::Integer(i64::from(*b))),
+        Value::Float(f) => ToSqlOutput::Owned(SqlValue::Real(*f)),
+        other => ToSqlOutput::Owned(SqlValue::Text(other.canonical_text())),
+    }
+}
+
+const COLUMNS: [&str; 8] = [
+    "name",
+    "accountnumber",
+    "revenue",
+    "numberofemployees",
+    "statecode",
+    "ownerid",
+    "modifiedon",
+    "creditonhold",
+];
+
+fn raw_open(path: &std::path::Path, cache_mib: usize) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+    conn.execute_batch(&format!("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{};", cache_mib * 1024))
+        .unwrap();
+    conn
+}
+
+fn raw_upsert(conn: &mut rusqlite::Connection, rows: &[Row], first_version: i64) -> Duration {
+    let start = Instant::now();
+    let tx = conn.transaction().unwrap();
+    {
+        let mut stmt = tx
+            .prepare(
+                "INSERT INTO raw (accountid, name, accountnumber, revenue, numberofemployees, statecode, ownerid, \
+                 modifiedon, creditonhold, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 ON CONFLICT (accountid) DO UPDATE SET name = excluded.name, accountnumber = excluded.accountnumber, \
+                 revenue = excluded.revenue, numberofemployees = excluded.numberofemployees, \
+                 statecode = excluded.statecode, ownerid = excluded.ownerid, modifiedon = excluded.modifiedon, \
+                 creditonhold = excluded.creditonhold, version = excluded.version",
+            )
+            .unwrap();
+        for (n, row) in rows.iter().enumerate() {
+            stmt.raw_bind_parameter(1, row.id.as_str()).unwrap();
+            for (i, c) in COLUMNS.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 2, raw_bind(&row.values[*c])).unwrap();
+            }
+            stmt.raw_bind_parameter(10, first_version + n as i64).unwrap();
+            stmt.raw_execute().unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    start.elapsed()
+}
+
+/// One raw row read back: owned values, as a hand-written reader keeps them.
+#[allow(dead_code)]
+struct RawRow {
+    id: String,
+    text: [Option<String>; 5],
+    ints: [Option<i64>; 3],
+    version: i64,
+}
+
+fn raw_scan(conn: &rusqlite::Connection) -> (usize, Duration) {
+    let start = Instant::now();
+    let mut stmt = conn
+        .prepare(
+            "SELECT accountid, name, accountnumber, revenue, ownerid, modifiedon, numberofemployees, statecode, \
+             creditonhold, version FROM raw ORDER BY version",
+        )
+        .unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    let mut n = 0;
+    let mut keep = 0usize;
+    while let Some(r) = rows.next().unwrap() {
+        let row = RawRow {
+            id: r.get(0).unwrap(),
+            text: [
+                r.get(1).unwrap(),
+                r.get(2).unwrap(),
+                r.get(3).unwrap(),
+                r.get(4).unwrap(),
+                r.get(5).unwrap(),
+            ],
+            ints: [r.get(6).unwrap(), r.get(7).unwrap(), r.get(8).unwrap()],
+            version: r.get(9).unwrap(),
+        };
+        keep = keep.wrapping_add(row.id.len() + row.version as usize);
+        n += 1;
+    }
+    std::hint::black_box(keep);
+    (n, start.elapsed())
+}
+
+async fn ingest(staging: &dyn sync_core::OrgStaging, rows: &[Row], page: usize, tag: &str) -> Duration {
+    let start = Instant::now();
+    for (i, chunk) in rows.chunks(page).enumerate() {
+        let p = ChangePage {
+            upserts: chunk.to_vec(),
+            deletes: vec![],
+            next_token: Some(ChangeToken(format!("{tag}-{i}"))),
+            more: true,
+        };
+        staging.apply_changes(&entity("account"), &p).await.unwrap();
+    }
+    start.elapsed()
+}
+
+async fn pull_everything(
+    staging: &dyn sync_core::OrgStaging,
+    keys: &[PartitionKey],
+    page: usize,
+) -> (usize, Duration) {
+    let start = Instant::now();
+    let mut positions: Vec<(PartitionKey, Seq)> = keys.iter().map(|k| (k.clone(), Seq::ZERO)).collect();
+    let mut n = 0;
+    loop {
+        let p = staging
+            .pull(&PullPlan { partitions: positions.clone(), max_rows: page, max_bytes: 16 << 20 })
+            .await
+            .unwrap();
+        n += p.changes.iter().filter(|c| c.row.is_some()).count();
+        positions = p.positions;
+        if !p.more {
+            break;
+        }
+    }
+    (n, start.elapsed())
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat`;
+/// zero where that is unavailable. Reported beside wall time because the
+/// machines these runs share are noisy.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return Duration::ZERO };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return Duration::ZERO };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // Fields 14 and 15 of the file (utime, stime) are 12 and 13 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Wall and CPU time of `f`.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let (w, c) = (Instant::now(), cpu_time());
+    let out = f();
+    (out, w.elapsed(), cpu_time() - c)
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn shuffle<T>(v: &mut [T], mut seed: u64) {
+    for i in (1..v.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+}
+
+/// One measured phase: rows handled, wall time, CPU time.
+struct Phase {
+    rows: usize,
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn phase(rows: usize, (_, wall, cpu): ((), Duration, Duration)) -> Phase {
+    Phase { rows, wall, cpu }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let n = env("SQLITE_BENCH_ROWS", 1_000_000);
+    let page = env("SQLITE_BENCH_PAGE", 5_000);
+    let pull_page = env("SQLITE_BENCH_PULL_PAGE", 1_000);
+    let cache_mib = env("SQLITE_BENCH_CACHE_MIB", 64);
+    let owners = env("SQLITE_BENCH_OWNERS", 100) as u64;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::env::var_os("SQLITE_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| tmp.path().into());
+    std::fs::create_dir_all(&dir).unwrap();
+    println!(
+        "rows {n}, change pages of {page}, pull pages of {pull_page}, page cache {cache_mib} MiB per connection, \
+         {owners} owners, in {}",
+        dir.display()
+    );
+
+    let fresh: Vec<Row> = (0..n as u64).map(|i| account_row(i, 0, owners)).collect();
+    let mut updated: Vec<Row> = (0..n as u64).map(|i| account_row(i, 1, owners)).collect();
+    shuffle(&mut updated, 0x9e37_79b9_7f4a_7c15);
+
+    // Raw rusqlite.
+    let raw_path = dir.join("raw.sqlite");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", raw_path.display()));
+    }
+    let mut raw = raw_open(&raw_path, cache_mib);
+    raw.execute_batch(
+        "CREATE TABLE raw (accountid TEXT PRIMARY KEY, name TEXT, accountnumber TEXT, revenue TEXT, \
+         numberofemployees INTEGER, statecode INTEGER, ownerid TEXT, modifiedon TEXT, creditonhold INTEGER, \
+         version INTEGER NOT NULL); CREATE INDEX raw_version ON raw (version);",
+    )
+    .unwrap();
+    let raw_ingest = phase(
+        n,
+        timed(|| {
+            raw_upsert(&mut raw, &fresh, 1);
+        }),
+    );
+    let raw_scan_fresh = phase(n, timed(|| assert_eq!(raw_scan(&raw).0, n)));
+    let raw_update = phase(
+        n,
+        timed(|| {
+            raw_upsert(&mut raw, &updated, n as i64 + 1);
+        }),
+    );
+    let raw_scan_updated = phase(n, timed(|| assert_eq!(raw_scan(&raw).0, n)));
+    drop(raw);
+
+    // The store.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store_dir = dir.join("store");
+    let _ = std::fs::remove_dir_all(&store_dir);
+    let mut options = StoreOptions { cache_size_kib: (cache_mib * 1024) as u32, ..StoreOptions::default() };
+    if let Ok(pages) = std::env::var("SQLITE_BENCH_WAL_PAGES") {
+        options.wal_autocheckpoint = pages.parse().unwrap();
+    }
+    let profile = sales_profile();
+    let (store, staging) = rt.block_on(async {
+        let store = open_store(&store_dir, options).await;
+        store.create_org(&org_config("bench")).await.unwrap();
+        let staging = store.org(&org_id("bench")).await.unwrap();
+        staging.apply_schema(&account_meta()).await.unwrap();
+        staging.put_profile(&profile).await.unwrap();
+        (store, staging)
+    });
+    let principal = Principal::new(owner(0, owners).to_string(), org_id("bench")).with_role("sales");
+    let keys: Vec<PartitionKey> =
+        sync_core::filter::principal_partitions(&principal, &[profile], &[account_meta()])
+            .unwrap()
+            .iter()
+            .map(sync_core::Partition::key)
+            .collect();
+    let s = staging.as_ref();
+    let ours_ingest = phase(
+        n,
+        timed(|| {
+            rt.block_on(async {
+                ingest(s, &fresh, page, "a").await;
+            })
+        }),
+    );
+    let mut pulled = 0;
+    let pull_fresh = timed(|| pulled = rt.block_on(pull_everything(s, &keys, pull_page)).0);
+    let pull_fresh = phase(pulled, ((), pull_fresh.1, pull_fresh.2));
+    let pull_active = timed(|| pulled = rt.block_on(pull_everything(s, &keys[..1], pull_page)).0);
+    let pull_active = phase(pulled, ((), pull_active.1, pull_active.2));
+    let ours_update = phase(
+        n,
+        timed(|| {
+            rt.block_on(async {
+                ingest(s, &updated, page, "b").await;
+            })
+        }),
+    );
+    let pull_updated = timed(|| pulled = rt.block_on(pull_everything(s, &keys, pull_page)).0);
+    let pull_updated = phase(pulled, ((), pull_updated.1, pull_updated.2));
+    drop((staging, store));
+
+    println!();
+    println!(
+        "{:<40} {:>11} {:>11} {:>6}   {:>11} {:>11} {:>6}",
+        "", "store", "raw", "ratio", "store/cpu", "raw/cpu", "ratio"
+    );
+    let line = |what: &str, ours: &Phase, raw: &Phase| {
+        let (ow, rw) = (rate(ours.rows, ours.wall), rate(raw.rows, raw.wall));
+        let (oc, rc) = (rate(ours.rows, ours.cpu), rate(raw.rows, raw.cpu));
+        println!(
+            "{what:<40} {ow:>11.0} {rw:>11.0} {:>6.2}   {oc:>11.0} {rc:>11.0} {:>6.2}",
+            ow / rw,
+            oc / rc
+        );
+    };
+    line("ingest, new rows (rows/s)", &ours_ingest, &raw_ingest);
+    line("ingest, updates in random order", &ours_update, &raw_update);
+    line(&format!("pull, active + mine ({} rows)", pull_fresh.rows), &pull_fresh, &raw_scan_fresh);
+    line(&format!("pull, active only ({} rows)", pull_active.rows), &pull_active, &raw_scan_fresh);
+    line(&format!("pull after updates ({} rows)", pull_updated.rows), &pull_updated, &raw_scan_updated);
+    println!(
+        "\nwall: raw insert {:.2?}, update {:.2?}, scan {:.2?} / {:.2?}; store ingest {:.2?}, update {:.2?}, \
+         pull {:.2?} / {:.2?} / {:.2?}",
+        raw_ingest.wall,
+        raw_update.wall,
+        raw_scan_fresh.wall,
+        raw_scan_updated.wall,
+        ours_ingest.wall,
+        ours_update.wall,
+        pull_fresh.wall,
+        pull_active.wall,
+        pull_updated.wall
+    );
+}

@@ -1,0 +1,1096 @@
+//! One org's staging database: its layout and every operation on it, as
+//! blocking functions over a [`Connection`]. `store.rs` runs them off the
+//! async runtime.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use sync_core::filter::{MembershipPlanner, validate_profile};
+use sync_core::org::EntityStatus;
+use sync_core::staging::{ApplyOutcome, MutationRecord, PullPage, PullPlan, PulledChange, SchemaChange};
+use sync_core::{
+    ChangePage, ChangeToken, Checksum, EntityMetadata, EntityName, Error, MutationId, OrgId, OrgStatus,
+    PartitionKey, Profile, ProfileName, RowId, Seq, SyncRunReport,
+};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::{R, StoreError};
+use crate::membership::MembershipWriter;
+use crate::membership::{MAX_SEQ, Member, PartRef, Parts, entry_id};
+use crate::sql::{ConnSettings, open, quote};
+use crate::table::{
+    PARTS_COLUMN, RESERVED_PREFIX, RID_COLUMN, Stored, Table, VERSION_COLUMN, seq_of, version_param,
+};
+
+/// Approximate bytes a remove op counts against a pull's byte budget, on top
+/// of its row id (as the in-memory store counts it).
+const REMOVE_OVERHEAD: usize = 8;
+
+/// The layout version written to `_sync_meta.format`.
+const FORMAT_VERSION: i64 = 1;
+
+/// Tables of an org database besides the entity tables. Every statement is
+/// idempotent, so creating an existing org keeps its data.
+const ORG_DDL: &str = "
+CREATE TABLE IF NOT EXISTS _sync_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO _sync_meta (key, value) VALUES
+    ('format', 1), ('head', 0), ('schema_version', 0), ('tombstone_floor', 0);
+CREATE TABLE IF NOT EXISTS _sync_info (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _sync_schemas (
+    eid         INTEGER PRIMARY KEY,
+    entity      TEXT NOT NULL UNIQUE,
+    metadata    TEXT NOT NULL,
+    schema_hash TEXT NOT NULL,
+    row_count   INTEGER NOT NULL DEFAULT 0,
+    next_rid    INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS _sync_profiles (
+    name    TEXT PRIMARY KEY,
+    profile TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _sync_partitions (
+    pid            INTEGER PRIMARY KEY,
+    key            TEXT NOT NULL UNIQUE,
+    checksum_sum   INTEGER NOT NULL,
+    checksum_count INTEGER NOT NULL,
+    eid            INTEGER,
+    mixed          INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS _sync_membership (
+    id      INTEGER PRIMARY KEY,
+    eid     INTEGER NOT NULL,
+    rid     INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    removed INTEGER NOT NULL,
+    row_id  TEXT
+);
+CREATE VIEW IF NOT EXISTS _sync_membership_view AS
+    SELECT p.key AS partition, s.entity, m.rid, m.row_id, m.id & 1099511627775 AS seq, m.version, m.removed
+    FROM _sync_membership m
+    JOIN _sync_partitions p ON p.pid = m.id >> 40
+    JOIN _sync_schemas s ON s.eid = m.eid;
+CREATE TABLE IF NOT EXISTS _sync_tokens (
+    entity TEXT PRIMARY KEY,
+    token  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _sync_runs (
+    entity       TEXT PRIMARY KEY,
+    last_run     TEXT,
+    last_success TEXT,
+    last_error   TEXT,
+    last_rows    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS _sync_mutations (
+    id          TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    checkpoint  INTEGER NOT NULL
+);
+";
+
+/// Creates (or opens and completes) an org's database file.
+pub(crate) fn create_file(path: &Path, settings: &ConnSettings) -> R<()> {
+    let mut conn = open(path, settings, true, false)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(ORG_DDL)?;
+    // This creation of the org: a new file gets a new id, an existing one keeps its own.
+    tx.execute(
+        "INSERT OR IGNORE INTO _sync_info (key, value) VALUES ('incarnation', ?1)",
+        [uuid::Uuid::new_v4().simple().to_string()],
+    )?;
+    let format = meta_get(&tx, "format")?;
+    if format != FORMAT_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "'{}' has layout version {format}; this build reads version {FORMAT_VERSION}",
+            path.display()
+        )));
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn meta_get(conn: &Connection, key: &str) -> R<i64> {
+    conn.prepare_cached("SELECT value FROM _sync_meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt(format!("_sync_meta has no '{key}'")))
+}
+
+fn meta_set(conn: &Connection, key: &str, value: i64) -> R<()> {
+    conn.prepare_cached("UPDATE _sync_meta SET value = ?2 WHERE key = ?1")?
+        .execute(rusqlite::params![key, value])?;
+    Ok(())
+}
+
+/// The id of this creation of the org (see [`sync_core::OrgStaging::incarnation`]).
+pub(crate) fn incarnation(conn: &Connection) -> R<String> {
+    conn.query_row("SELECT value FROM _sync_info WHERE key = 'incarnation'", [], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt("the org database has no incarnation".into()))
+}
+
+/// The org's head seq.
+pub(crate) fn head(conn: &Connection) -> R<Seq> {
+    seq_of(meta_get(conn, "head")?)
+}
+
+pub(crate) fn schema_version(conn: &Connection) -> R<u64> {
+    Ok(seq_of(meta_get(conn, "schema_version")?)?.0)
+}
+
+pub(crate) fn tombstone_floor(conn: &Connection) -> R<Seq> {
+    seq_of(meta_get(conn, "tombstone_floor")?)
+}
+
+fn corrupt_json(what: &str, e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// A staged entity: its id in this database and its schema.
+pub(crate) struct Staged {
+    pub(crate) eid: i64,
+    pub(crate) meta: EntityMetadata,
+}
+
+fn parse_schema(text: &str) -> R<EntityMetadata> {
+    serde_json::from_str(text).map_err(|e| corrupt_json("stored schema", e))
+}
+
+/// The staged schema of `entity`, if any.
+pub(crate) fn load_schema(conn: &Connection, entity: &str) -> R<Option<Staged>> {
+    let found: Option<(i64, String)> = conn
+        .prepare_cached("SELECT eid, metadata FROM _sync_schemas WHERE entity = ?1")?
+        .query_row([entity], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    found.map(|(eid, text)| Ok(Staged { eid, meta: parse_schema(&text)? })).transpose()
+}
+
+/// The staged schema with id `eid`.
+fn load_schema_by_id(conn: &Connection, eid: i64) -> R<Staged> {
+    let text: String = conn
+        .prepare_cached("SELECT metadata FROM _sync_schemas WHERE eid = ?1")?
+        .query_row([eid], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt(format!("membership names the unknown entity id {eid}")))?;
+    Ok(Staged { eid, meta: parse_schema(&text)? })
+}
+
+fn require_schema(conn: &Connection, entity: &EntityName) -> R<Staged> {
+    load_schema(conn, entity.as_str())?
+        .ok_or_else(|| Error::not_found(format!("entity '{entity}' is not staged")).into())
+}
+
+/// Every staged schema, ordered by entity name.
+pub(crate) fn load_schemas(conn: &Connection) -> R<Vec<EntityMetadata>> {
+    let mut stmt = conn.prepare_cached("SELECT metadata FROM _sync_schemas ORDER BY entity")?;
+    let texts = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    texts.iter().map(|t| parse_schema(t)).collect()
+}
+
+/// Every profile, ordered by name.
+pub(crate) fn load_profiles(conn: &Connection) -> R<Vec<Profile>> {
+    let mut stmt = conn.prepare_cached("SELECT profile FROM _sync_profiles ORDER BY name")?;
+    let texts = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    texts.iter().map(|t| serde_json::from_str(t).map_err(|e| corrupt_json("stored profile", e))).collect()
+}
+
+pub(crate) fn load_profile(conn: &Connection, name: &ProfileName) -> R<Option<Profile>> {
+    let text: Option<String> = conn
+        .prepare_cached("SELECT profile FROM _sync_profiles WHERE name = ?1")?
+        .query_row([name.as_str()], |r| r.get(0))
+        .optional()?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt_json("stored profile", e))).transpose()
+}
+
+/// Names this store cannot give to tables or columns.
+fn check_reserved(meta: &EntityMetadata) -> R<()> {
+    let lower = meta.name.as_str().to_ascii_lowercase();
+    if lower.starts_with(RESERVED_PREFIX) || lower.starts_with("sqlite_") {
+        return Err(Error::invalid(format!(
+            "entity name '{}' uses a prefix reserved by the SQLite store ('{RESERVED_PREFIX}' or 'sqlite_')",
+            meta.name
+        ))
+        .into());
+    }
+    if let Some(a) = meta.attributes.iter().find(|a| {
+        [VERSION_COLUMN, RID_COLUMN, PARTS_COLUMN].iter().any(|r| a.name.as_str().eq_ignore_ascii_case(r))
+    }) {
+        return Err(Error::invalid(format!(
+            "entity '{}': attribute name '{}' is reserved by the SQLite store",
+            meta.name, a.name
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Creates or evolves an entity's table; returns what changed and the head.
+pub(crate) fn apply_schema(conn: &mut Connection, meta: &EntityMetadata) -> R<(SchemaChange, Seq)> {
+    meta.validate()?;
+    check_reserved(meta)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let old = load_schema(&tx, meta.name.as_str())?;
+    let mut head = head(&tx)?;
+    let change = match old {
+        None => {
+            let clash: Option<String> = tx
+                .prepare_cached("SELECT entity FROM _sync_schemas WHERE lower(entity) = lower(?1)")?
+                .query_row([meta.name.as_str()], |r| r.get(0))
+                .optional()?;
+            if let Some(other) = clash {
+                return Err(Error::invalid(format!(
+                    "entity '{}' differs from the staged entity '{other}' only in case; SQLite table names \
+                     are case-insensitive",
+                    meta.name
+                ))
+                .into());
+            }
+            let table = Table::new(meta.clone())?;
+            tx.execute_batch(&table.create_sql(&table.name))?;
+            if let Some(index) = table.index_sql() {
+                tx.execute_batch(&index)?;
+            }
+            tx.prepare_cached(
+                "INSERT INTO _sync_schemas (entity, metadata, schema_hash) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(rusqlite::params![
+                meta.name.as_str(),
+                serde_json::to_string(meta).map_err(|e| corrupt_json("schema", e))?,
+                meta.schema_hash()
+            ])?;
+            SchemaChange::Created
+        }
+        Some(old) if old.meta == *meta => SchemaChange::Unchanged,
+        Some(old) => {
+            check_profiles_still_compile(&tx, meta)?;
+            evolve_table(&tx, &old.meta, meta, &mut head)?;
+            tx.prepare_cached("UPDATE _sync_schemas SET metadata = ?2, schema_hash = ?3 WHERE eid = ?1")?
+                .execute(rusqlite::params![
+                    old.eid,
+                    serde_json::to_string(meta).map_err(|e| corrupt_json("schema", e))?,
+                    meta.schema_hash()
+                ])?;
+            // Types and columns changed: filters may now select other rows.
+            let profiles = load_profiles(&tx)?;
+            let planner = MembershipPlanner::new(meta, &profiles)?;
+            let mut writer = MembershipWriter::new(&tx)?;
+            let staged = Staged { eid: old.eid, meta: meta.clone() };
+            recompute_entity(&tx, &staged, &planner, &mut writer, &mut head)?;
+            writer.flush()?;
+            SchemaChange::Altered
+        }
+    };
+    if change != SchemaChange::Unchanged {
+        meta_set(&tx, "schema_version", meta_get(&tx, "schema_version")? + 1)?;
+        meta_set(&tx, "head", version_param(head)?)?;
+    }
+    tx.commit()?;
+    Ok((change, head))
+}
+
+/// Every profile naming `meta.name` must still compile against the new
+/// schema; otherwise the schema change is refused and nothing changes.
+fn check_profiles_still_compile(tx: &Transaction<'_>, meta: &EntityMetadata) -> R<()> {
+    let mut schemas = load_schemas(tx)?;
+    if let Some(slot) = schemas.iter_mut().find(|m| m.name == meta.name) {
+        *slot = meta.clone();
+    }
+    for profile in load_profiles(tx)? {
+        if profile.items.iter().any(|i| i.entity == meta.name) {
+            validate_profile(&profile, &schemas).map_err(|e| {
+                Error::invalid(format!(
+                    "the new schema of '{}' breaks profile '{}' ({e}); change the profile first",
+                    meta.name, profile.name
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Brings the table of `old` to `new`: a changed primary key (name or type)
+/// re-creates the table, which is refused (`InvalidInput`) while rows are
+/// staged; a changed type rebuilds it, converting values with
+/// [`sync_core::Value::coerce`] (values that do not convert become null, and
+/// rows whose values changed get a new version so devices fetch them
+/// again); added and removed attributes become `ALTER TABLE … ADD / DROP
+/// COLUMN`. Row numbers are kept, so membership stays attached.
+fn evolve_table(tx: &Transaction<'_>, old: &EntityMetadata, new: &EntityMetadata, head: &mut Seq) -> R<()> {
+    let old_table = Table::new(old.clone())?;
+    let new_table = Table::new(new.clone())?;
+    let key_changed = old.primary_key != new.primary_key || old.key_type()? != new.key_type()?;
+    if key_changed {
+        let staged: bool =
+            tx.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {})", old_table.name), [], |r| r.get(0))?;
+        if staged {
+            return Err(Error::invalid(format!(
+                "entity '{}': the primary key cannot change from {} ({}) to {} ({}) while rows are staged",
+                new.name,
+                old.primary_key,
+                old.key_type()?.name(),
+                new.primary_key,
+                new.key_type()?.name()
+            ))
+            .into());
+        }
+        tx.execute_batch(&format!("DROP TABLE {};", old_table.name))?;
+        tx.execute_batch(&new_table.create_sql(&new_table.name))?;
+        if let Some(index) = new_table.index_sql() {
+            tx.execute_batch(&index)?;
+        }
+        return Ok(());
+    }
+    let retyped = new.attributes.iter().any(|a| old.attribute(a.name.as_str()).is_some_and(|o| o.ty != a.ty));
+    // Rows that lose a value to a dropped column change: new versions (the
+    // recomputation that follows re-puts them in their partitions).
+    let dropped: Vec<String> = old
+        .attributes
+        .iter()
+        .filter(|a| new.attribute(a.name.as_str()).is_none())
+        .map(|a| format!("{} IS NOT NULL", quote(a.name.as_str())))
+        .collect();
+    if !retyped && !dropped.is_empty() {
+        let rids: Vec<i64> = {
+            let sql = format!(
+                "SELECT {rid} FROM {} WHERE {} ORDER BY {rid}",
+                old_table.name,
+                dropped.join(" OR "),
+                rid = quote(RID_COLUMN)
+            );
+            let mut stmt = tx.prepare(&sql)?;
+            stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        let mut bump = tx.prepare(&format!(
+            "UPDATE {} SET {} = ?2 WHERE {} = ?1",
+            old_table.name,
+            quote(VERSION_COLUMN),
+            quote(RID_COLUMN)
+        ))?;
+        for rid in rids {
+            *head = head.next();
+            bump.execute([rid, version_param(*head)?])?;
+        }
+    }
+    if !retyped {
+        for a in &old.attributes {
+            if new.attribute(a.name.as_str()).is_none() {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {} DROP COLUMN {};",
+                    old_table.name,
+                    quote(a.name.as_str())
+                ))?;
+            }
+        }
+        for a in &new.attributes {
+            if old.attribute(a.name.as_str()).is_none() {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {} ADD COLUMN {} {};",
+                    old_table.name,
+                    quote(a.name.as_str()),
+                    crate::sql::column_type(&a.ty)
+                ))?;
+            }
+        }
+        return Ok(());
+    }
+    // Rebuild: copy every row into a table of the new shape, then swap.
+    let scratch = quote(&format!("{RESERVED_PREFIX}rebuild"));
+    tx.execute_batch(&format!("DROP TABLE IF EXISTS {scratch};"))?;
+    tx.execute_batch(&new_table.create_sql(&scratch))?;
+    {
+        let mut read = tx.prepare(&old_table.select_all_sql())?;
+        let mut insert = tx.prepare(&new_table.insert_sql(&scratch))?;
+        let mut rows = read.query([])?;
+        while let Some(r) = rows.next()? {
+            let Stored { rid, staged, parts } = old_table.decode_row(r)?;
+            let mut values = BTreeMap::new();
+            let mut changed = false;
+            for a in &new.attributes {
+                let v = staged.row.values.get(&a.name).cloned().unwrap_or(sync_core::Value::Null);
+                let converted = match old.attribute(a.name.as_str()) {
+                    Some(o) if o.ty != a.ty => {
+                        let c = v.clone().coerce(&a.ty).unwrap_or(sync_core::Value::Null);
+                        changed |= c != v;
+                        c
+                    }
+                    Some(_) => v,
+                    None => sync_core::Value::Null,
+                };
+                values.insert(a.name.clone(), converted);
+            }
+            let version = if changed {
+                *head = head.next();
+                *head
+            } else {
+                staged.version
+            };
+            let row = sync_core::Row { id: staged.row.id, values };
+            new_table.bind_row(&mut insert, rid, &row, version, &parts)?;
+            insert.raw_execute()?;
+        }
+    }
+    tx.execute_batch(&format!(
+        "DROP TABLE {}; ALTER TABLE {scratch} RENAME TO {};",
+        old_table.name, new_table.name
+    ))?;
+    if let Some(index) = new_table.index_sql() {
+        tx.execute_batch(&index)?;
+    }
+    Ok(())
+}
+
+/// Makes the membership of one entity equal `planner` applied to every
+/// staged row, comparing each row's references with the partitions the
+/// planner puts it in: entered partitions and stale entries get puts,
+/// left partitions get removes; a row that gets any op gets one new seq.
+fn recompute_entity(
+    tx: &Transaction<'_>,
+    staged: &Staged,
+    planner: &MembershipPlanner,
+    writer: &mut MembershipWriter<'_>,
+    head: &mut Seq,
+) -> R<()> {
+    const CHUNK: i64 = 1000;
+    let table = Table::new(staged.meta.clone())?;
+    let entity = &staged.meta.name;
+    let select = format!(
+        "SELECT {} FROM {} WHERE {} > ?1 ORDER BY {} LIMIT {CHUNK}",
+        table.select_list(),
+        table.name,
+        quote(RID_COLUMN),
+        quote(RID_COLUMN)
+    );
+    let mut after = 0i64;
+    loop {
+        let chunk: Vec<Stored> = {
+            let mut stmt = tx.prepare_cached(&select)?;
+            let mut rows = stmt.query([after])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(table.decode_row(r)?);
+            }
+            out
+        };
+        let Some(last) = chunk.last() else { break };
+        after = last.rid;
+        for stored in &chunk {
+            let version = stored.staged.version;
+            let m = Member { eid: staged.eid, rid: stored.rid, entity, row_id: &stored.staged.row.id };
+            let mut desired = Vec::new();
+            for key in planner.partitions(&stored.staged.row) {
+                desired.push(writer.pid(&key)?);
+            }
+            let mut seq = None;
+            let mut next = |head: &mut Seq| {
+                *seq.get_or_insert_with(|| {
+                    *head = head.next();
+                    *head
+                })
+            };
+            let mut parts = Vec::with_capacity(desired.len());
+            let mut changed = false;
+            for r in &stored.parts.0 {
+                let wanted = desired.contains(&r.pid);
+                let current = !r.removed && r.seq >= version_param(version)?;
+                // A live entry older than the row's version (after a
+                // rebuild) refers to another version: read it.
+                let live_version = if r.removed {
+                    Seq::ZERO
+                } else if current {
+                    version
+                } else {
+                    writer.entry_version(r.pid, r.seq)?.unwrap_or(version)
+                };
+                if wanted && current {
+                    parts.push(*r);
+                } else if wanted {
+                    let s = next(head);
+                    parts.push(writer.write(r.pid, m, Some(*r), live_version, s, Some(version))?);
+                    changed = true;
+                } else if !r.removed {
+                    let s = next(head);
+                    parts.push(writer.write(r.pid, m, Some(*r), live_version, s, None)?);
+                    changed = true;
+                } else {
+                    parts.push(*r);
+                }
+            }
+            for pid in desired {
+                if stored.parts.get(pid).is_none() {
+                    let s = next(head);
+                    parts.push(writer.write(pid, m, None, Seq::ZERO, s, Some(version))?);
+                    changed = true;
+                }
+            }
+            if changed {
+                table.set_parts(tx, stored.rid, &Parts(parts))?;
+            }
+        }
+        if (chunk.len() as i64) < CHUNK {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Stages one change page in one transaction (see [`sync_core::OrgStaging::apply_changes`]).
+pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: ChangePage) -> R<ApplyOutcome> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let Staged { eid, meta } = require_schema(&tx, entity)?;
+    let rows = page
+        .upserts
+        .into_iter()
+        .map(|row| {
+            let id = row.id.clone();
+            meta.check_row(row).map_err(|e| Error::invalid(format!("entity '{entity}', row '{id}': {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let deletes = page
+        .deletes
+        .iter()
+        .map(|id| {
+            meta.parse_row_id(id.as_str())
+                .map_err(|e| Error::invalid(format!("entity '{entity}', deleted id '{id}': {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let profiles = load_profiles(&tx)?;
+    let planner = MembershipPlanner::new(&meta, &profiles)?;
+    let table = Table::new(meta)?;
+    let mut next_rid: i64 = tx
+        .prepare_cached("SELECT next_rid FROM _sync_schemas WHERE eid = ?1")?
+        .query_row([eid], |r| r.get(0))?;
+    let mut head = head(&tx)?;
+    let floor = version_param(tombstone_floor(&tx)?)?;
+    let mut outcome = ApplyOutcome::default();
+    let mut writer = MembershipWriter::new(&tx)?;
+    let mut row_delta: i64 = 0;
+    {
+        let mut insert = tx.prepare_cached(table.insert())?;
+        let mut update = tx.prepare_cached(table.update())?;
+        let mut delete = tx.prepare_cached(table.delete())?;
+        let mut lookup = tx.prepare_cached(table.select_by_key())?;
+        for row in &rows {
+            let prev = match table.canonical_key(&row.id) {
+                Some(key) => table.lookup(&mut lookup, key)?,
+                None => None,
+            };
+            if let Some(p) = &prev
+                && p.staged.row.values == row.values
+            {
+                outcome.unchanged += 1;
+                continue;
+            }
+            head = head.next();
+            let rid = match &prev {
+                Some(p) => p.rid,
+                None => {
+                    next_rid += 1;
+                    next_rid - 1
+                }
+            };
+            let m = Member { eid, rid, entity, row_id: &row.id };
+            let after = planner.partitions(row);
+            let parts = restage(&mut writer, m, prev.as_ref(), &after, head, floor)?;
+            let stmt = if prev.is_some() { &mut update } else { &mut insert };
+            table.bind_row(stmt, rid, row, head, &parts)?;
+            stmt.raw_execute()?;
+            if prev.is_none() {
+                row_delta += 1;
+            }
+            outcome.upserted += 1;
+        }
+        for id in &deletes {
+            let Some(key) = table.canonical_key(id) else { continue };
+            let Some(prev) = table.lookup(&mut lookup, key)? else { continue };
+            head = head.next();
+            let m = Member { eid, rid: prev.rid, entity, row_id: &prev.staged.row.id };
+            restage(&mut writer, m, Some(&prev), &[], head, floor)?;
+            delete.execute([prev.rid])?;
+            row_delta -= 1;
+            outcome.deleted += 1;
+        }
+    }
+    writer.flush()?;
+    tx.prepare_cached("UPDATE _sync_schemas SET row_count = row_count + ?2, next_rid = ?3 WHERE eid = ?1")?
+        .execute(rusqlite::params![eid, row_delta, next_rid])?;
+    if let Some(token) = &page.next_token {
+        tx.prepare_cached(
+            "INSERT INTO _sync_tokens (entity, token) VALUES (?1, ?2) \
+             ON CONFLICT (entity) DO UPDATE SET token = excluded.token",
+        )?
+        .execute(rusqlite::params![entity.as_str(), token.0])?;
+    }
+    meta_set(&tx, "head", version_param(head)?)?;
+    tx.commit()?;
+    outcome.head = head;
+    Ok(outcome)
+}
+
+/// Writes the membership ops of one row changing at `seq` from `previous`
+/// (with its references) to a row in the partitions `after` (sorted; empty
+/// for a delete): what [`MembershipPlanner::plan`] gives — a remove for
+/// every partition the row was in and is not any more, a put for every
+/// partition it is in — each replacing the row's previous entry in that
+/// partition. Returns the row's new references (tombstones purged below
+/// `floor` are forgotten).
+fn restage(
+    writer: &mut MembershipWriter<'_>,
+    m: Member<'_>,
+    previous: Option<&Stored>,
+    after: &[PartitionKey],
+    seq: Seq,
+    floor: i64,
+) -> R<Parts> {
+    let mut pids = Vec::with_capacity(after.len());
+    for key in after {
+        pids.push(writer.pid(key)?);
+    }
+    let mut parts: Vec<PartRef> = Vec::with_capacity(pids.len());
+    if let Some(prev) = previous {
+        for r in &prev.parts.0 {
+            if pids.contains(&r.pid) {
+                parts.push(writer.write(r.pid, m, Some(*r), prev.staged.version, seq, Some(seq))?);
+            } else if !r.removed {
+                parts.push(writer.write(r.pid, m, Some(*r), prev.staged.version, seq, None)?);
+            } else if r.seq > floor {
+                parts.push(*r);
+            }
+        }
+    }
+    for pid in pids {
+        if previous.and_then(|p| p.parts.get(pid)).is_none() {
+            parts.push(writer.write(pid, m, None, Seq::ZERO, seq, Some(seq))?);
+        }
+    }
+    Ok(Parts(parts))
+}
+
+/// Saves a profile and recomputes membership of the entities it names.
+pub(crate) fn put_profile(conn: &mut Connection, profile: &Profile) -> R<Seq> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let schemas = load_schemas(&tx)?;
+    validate_profile(profile, &schemas)?;
+    let old = load_profile(&tx, &profile.name)?;
+    tx.prepare_cached(
+        "INSERT INTO _sync_profiles (name, profile) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET profile = excluded.profile",
+    )?
+    .execute(rusqlite::params![
+        profile.name.as_str(),
+        serde_json::to_string(profile).map_err(|e| corrupt_json("profile", e))?
+    ])?;
+    let mut entities: BTreeSet<EntityName> = profile.items.iter().map(|i| i.entity.clone()).collect();
+    if let Some(old) = &old {
+        entities.extend(old.items.iter().map(|i| i.entity.clone()));
+    }
+    let head = recompute(&tx, &entities)?;
+    tx.commit()?;
+    Ok(head)
+}
+
+/// Deletes a profile and removes its partitions' members.
+pub(crate) fn delete_profile(conn: &mut Connection, name: &ProfileName) -> R<Seq> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let Some(old) = load_profile(&tx, name)? else {
+        return Err(Error::not_found(format!("profile '{name}'")).into());
+    };
+    tx.prepare_cached("DELETE FROM _sync_profiles WHERE name = ?1")?.execute([name.as_str()])?;
+    let entities: BTreeSet<EntityName> = old.items.iter().map(|i| i.entity.clone()).collect();
+    let head = recompute(&tx, &entities)?;
+    tx.commit()?;
+    Ok(head)
+}
+
+fn recompute(tx: &Transaction<'_>, entities: &BTreeSet<EntityName>) -> R<Seq> {
+    let profiles = load_profiles(tx)?;
+    let mut head = head(tx)?;
+    let mut writer = MembershipWriter::new(tx)?;
+    for name in entities {
+        let Some(staged) = load_schema(tx, name.as_str())? else { continue };
+        let planner = MembershipPlanner::new(&staged.meta, &profiles)?;
+        recompute_entity(tx, &staged, &planner, &mut writer, &mut head)?;
+    }
+    writer.flush()?;
+    meta_set(tx, "head", version_param(head)?)?;
+    Ok(head)
+}
+
+/// Reads a pull page from one snapshot.
+pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
+    let tx = conn.transaction()?;
+    let head = head(&tx)?;
+    let floor = tombstone_floor(&tx)?;
+    let mut seen = BTreeSet::new();
+    for (key, pos) in &plan.partitions {
+        if !seen.insert(key) {
+            return Err(Error::invalid(format!("partition '{key}' is planned twice")).into());
+        }
+        if *pos > head {
+            return Err(Error::resync(format!(
+                "position {pos} of partition '{key}' is beyond the head {head}"
+            ))
+            .into());
+        }
+        if *pos != Seq::ZERO && *pos < floor {
+            return Err(Error::resync(format!(
+                "position {pos} of partition '{key}' is below the tombstone floor {floor}; removes it \
+                 needs were purged"
+            ))
+            .into());
+        }
+    }
+    let max_rows = plan.max_rows.max(1);
+    let mut tables: HashMap<i64, Table> = HashMap::new();
+    let mut changes: Vec<PulledChange> = Vec::new();
+    let mut positions = Vec::with_capacity(plan.partitions.len());
+    let mut bytes = 0usize;
+    let mut more = false;
+    for (key, pos) in &plan.partitions {
+        if more {
+            positions.push((key.clone(), *pos));
+            continue;
+        }
+        let pid: Option<i64> = tx
+            .prepare_cached("SELECT pid FROM _sync_partitions WHERE key = ?1")?
+            .query_row([key.as_str()], |r| r.get(0))
+            .optional()?;
+        let Some(pid) = pid else {
+            positions.push((key.clone(), head));
+            continue;
+        };
+        let mut last = *pos;
+        let remaining = max_rows.saturating_sub(changes.len());
+        let limit = i64::try_from(remaining.saturating_add(1)).unwrap_or(i64::MAX);
+        let from = entry_id(pid, version_param(*pos)?)?;
+        let to = entry_id(pid, MAX_SEQ)?;
+        let (single, mixed): (Option<i64>, bool) = tx
+            .prepare_cached("SELECT eid, mixed FROM _sync_partitions WHERE pid = ?1")?
+            .query_row([pid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        // The common case: every entry of the partition belongs to one
+        // entity, read with its rows in one join. Otherwise each put's row
+        // is looked up by entity and number.
+        let joined = match single {
+            Some(eid) if !mixed => Some(eid),
+            _ => None,
+        };
+        if let Some(eid) = joined {
+            if !tables.contains_key(&eid) {
+                tables.insert(eid, Table::new(load_schema_by_id(&tx, eid)?.meta)?);
+            }
+            let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
+            let mut stmt = tx.prepare_cached(&table.pull_join_sql())?;
+            let mut rows = stmt.query(rusqlite::params![from, to, limit])?;
+            while let Some(r) = rows.next()? {
+                if changes.len() >= max_rows {
+                    more = true;
+                    break;
+                }
+                let seq = seq_of(r.get(0)?)?;
+                let removed: bool = r.get(1)?;
+                let (row_id, row, size) = if removed {
+                    let row_id =
+                        RowId::new(r.get::<_, String>(2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let size = row_id.as_str().len() + REMOVE_OVERHEAD;
+                    (row_id, None, size)
+                } else {
+                    if r.get_ref(3)? == rusqlite::types::ValueRef::Null {
+                        return Err(StoreError::Corrupt(format!(
+                            "partition '{key}' holds a row of '{}' at seq {seq} that is not staged",
+                            table.meta.name
+                        )));
+                    }
+                    let staged = table.decode_at(r, 3, false)?.staged;
+                    let size = staged.row.approx_size();
+                    (staged.row.id.clone(), Some(staged), size)
+                };
+                if !changes.is_empty() && bytes.saturating_add(size) > plan.max_bytes {
+                    more = true;
+                    break;
+                }
+                bytes = bytes.saturating_add(size);
+                last = seq;
+                changes.push(PulledChange {
+                    partition: key.clone(),
+                    entity: table.meta.name.clone(),
+                    row_id,
+                    seq,
+                    row,
+                });
+            }
+            positions.push((key.clone(), if more { last } else { head }));
+            continue;
+        }
+        let mut stmt = tx.prepare_cached(
+            "SELECT id & 1099511627775, eid, rid, removed, row_id FROM _sync_membership \
+             WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(rusqlite::params![from, to, limit])?;
+        while let Some(r) = rows.next()? {
+            if changes.len() >= max_rows {
+                more = true;
+                break;
+            }
+            let seq = seq_of(r.get(0)?)?;
+            let eid: i64 = r.get(1)?;
+            let rid: i64 = r.get(2)?;
+            let removed: bool = r.get(3)?;
+            if !tables.contains_key(&eid) {
+                tables.insert(eid, Table::new(load_schema_by_id(&tx, eid)?.meta)?);
+            }
+            let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
+            let (row_id, row, size) = if removed {
+                let row_id =
+                    RowId::new(r.get::<_, String>(4)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let size = row_id.as_str().len() + REMOVE_OVERHEAD;
+                (row_id, None, size)
+            } else {
+                let staged = table.get_by_rid(&tx, rid)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "partition '{key}' holds row {rid} of '{}', which is not staged",
+                        table.meta.name
+                    ))
+                })?;
+                let size = staged.row.approx_size();
+                (staged.row.id.clone(), Some(staged), size)
+            };
+            if !changes.is_empty() && bytes.saturating_add(size) > plan.max_bytes {
+                more = true;
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            last = seq;
+            changes.push(PulledChange {
+                partition: key.clone(),
+                entity: table.meta.name.clone(),
+                row_id,
+                seq,
+                row,
+            });
+        }
+        positions.push((key.clone(), if more { last } else { head }));
+    }
+    let checksums = if more {
+        None
+    } else {
+        let mut map = BTreeMap::new();
+        for (key, _) in &plan.partitions {
+            map.insert(key.clone(), checksum(&tx, key)?);
+        }
+        Some(map)
+    };
+    tx.commit()?;
+    Ok(PullPage { changes, positions, more, head, checksums })
+}
+
+fn checksum(conn: &Connection, key: &PartitionKey) -> R<Checksum> {
+    let found: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT checksum_sum, checksum_count FROM _sync_partitions WHERE key = ?1")?
+        .query_row([key.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match found {
+        Some((sum, count)) => Checksum {
+            sum: u32::try_from(sum).map_err(|_| StoreError::Corrupt(format!("checksum {sum} of '{key}'")))?,
+            count: u64::try_from(count)
+                .map_err(|_| StoreError::Corrupt(format!("count {count} of '{key}'")))?,
+        },
+        None => Checksum::default(),
+    })
+}
+
+/// The committed source token of `entity`.
+pub(crate) fn source_token(conn: &Connection, entity: &EntityName) -> R<Option<ChangeToken>> {
+    Ok(conn
+        .prepare_cached("SELECT token FROM _sync_tokens WHERE entity = ?1")?
+        .query_row([entity.as_str()], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(ChangeToken))
+}
+
+/// The staged row `id` of `entity`.
+pub(crate) fn row(conn: &Connection, entity: &EntityName, id: &RowId) -> R<Option<sync_core::StagedRow>> {
+    let staged = require_schema(conn, entity)?;
+    Ok(Table::new(staged.meta)?.get(conn, id)?.map(|s| s.staged))
+}
+
+/// Staged ids of `entity` after `after`, ascending.
+pub(crate) fn row_ids(
+    conn: &Connection,
+    entity: &EntityName,
+    after: Option<&RowId>,
+    limit: usize,
+) -> R<Vec<RowId>> {
+    let table = Table::new(require_schema(conn, entity)?.meta)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(&table.ids_after_sql(after.is_some()))?;
+    let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<String> {
+        Ok(match r.get_ref(0)? {
+            rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+            _ => r.get(0)?,
+        })
+    };
+    let ids: Vec<String> = match after {
+        Some(a) => stmt.query_map(rusqlite::params![a.as_str(), limit], read)?.collect::<Result<_, _>>()?,
+        None => stmt.query_map([limit], read)?.collect::<Result<_, _>>()?,
+    };
+    ids.into_iter().map(|s| RowId::new(s).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
+}
+
+/// Deletes remove-entries at or below `up_to` and raises the floor.
+pub(crate) fn purge_tombstones(conn: &mut Connection, up_to: Seq) -> R<u64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let head = head(&tx)?;
+    let up_to = up_to.min(head);
+    let pids: Vec<i64> = {
+        let mut stmt = tx.prepare("SELECT pid FROM _sync_partitions")?;
+        stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+    };
+    let mut deleted = 0u64;
+    {
+        let mut stmt =
+            tx.prepare_cached("DELETE FROM _sync_membership WHERE id > ?1 AND id <= ?2 AND removed = 1")?;
+        for pid in pids {
+            deleted += stmt.execute([entry_id(pid, 0)?, entry_id(pid, version_param(up_to)?)?])? as u64;
+        }
+    }
+    if up_to > tombstone_floor(&tx)? {
+        meta_set(&tx, "tombstone_floor", version_param(up_to)?)?;
+    }
+    tx.commit()?;
+    Ok(deleted)
+}
+
+pub(crate) fn mutation_result(conn: &Connection, id: &MutationId) -> R<Option<MutationRecord>> {
+    let found: Option<(String, String, i64)> = conn
+        .prepare_cached("SELECT fingerprint, outcome, checkpoint FROM _sync_mutations WHERE id = ?1")?
+        .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    found
+        .map(|(fingerprint, outcome, checkpoint)| {
+            Ok(MutationRecord {
+                fingerprint,
+                outcome: crate::journal::decode(&outcome)?,
+                checkpoint: seq_of(checkpoint)?,
+            })
+        })
+        .transpose()
+}
+
+pub(crate) fn record_mutation(conn: &mut Connection, id: &MutationId, record: &MutationRecord) -> R<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let existing: Option<String> = tx
+        .prepare_cached("SELECT fingerprint FROM _sync_mutations WHERE id = ?1")?
+        .query_row([id.to_string()], |r| r.get(0))
+        .optional()?;
+    match existing {
+        Some(fp) if fp == record.fingerprint => {}
+        Some(_) => {
+            return Err(
+                Error::conflict(format!("mutation {id} was recorded before with different content")).into()
+            );
+        }
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO _sync_mutations (id, fingerprint, outcome, checkpoint) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(rusqlite::params![
+                id.to_string(),
+                record.fingerprint,
+                crate::journal::encode(&record.outcome)?,
+                version_param(record.checkpoint)?
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn rfc3339(t: OffsetDateTime) -> R<String> {
+    t.format(&Rfc3339).map_err(|e| StoreError::Corrupt(format!("datetime {t}: {e}")))
+}
+
+fn parse_time(s: Option<String>) -> R<Option<OffsetDateTime>> {
+    s.map(|s| {
+        OffsetDateTime::parse(&s, &Rfc3339)
+            .map_err(|e| StoreError::Corrupt(format!("stored time {s:?}: {e}")))
+    })
+    .transpose()
+}
+
+pub(crate) fn record_run(conn: &mut Connection, report: &SyncRunReport) -> R<()> {
+    let at = rfc3339(report.at)?;
+    let success = report.error.is_none().then(|| at.clone());
+    conn.prepare_cached(
+        "INSERT INTO _sync_runs (entity, last_run, last_success, last_error, last_rows) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (entity) DO UPDATE SET last_run = excluded.last_run, \
+         last_success = coalesce(excluded.last_success, last_success), \
+         last_error = excluded.last_error, last_rows = excluded.last_rows",
+    )?
+    .execute(rusqlite::params![
+        report.entity.as_str(),
+        at,
+        success,
+        report.error,
+        i64::try_from(report.rows_applied).unwrap_or(i64::MAX)
+    ])?;
+    Ok(())
+}
+
+type RunRow = (Option<String>, Option<String>, Option<String>, i64);
+
+pub(crate) fn status(conn: &mut Connection, org: &OrgId) -> R<OrgStatus> {
+    let tx = conn.transaction()?;
+    let head = head(&tx)?;
+    let schema_version = schema_version(&tx)?;
+    let mut hashes: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    {
+        let mut stmt = tx.prepare("SELECT entity, schema_hash, row_count FROM _sync_schemas")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            hashes.insert(r.get(0)?, (r.get(1)?, r.get(2)?));
+        }
+    }
+    let mut runs: BTreeMap<String, RunRow> = BTreeMap::new();
+    {
+        let mut stmt =
+            tx.prepare("SELECT entity, last_run, last_success, last_error, last_rows FROM _sync_runs")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            runs.insert(r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?));
+        }
+    }
+    let mut tokens: BTreeMap<String, String> = BTreeMap::new();
+    {
+        let mut stmt = tx.prepare("SELECT entity, token FROM _sync_tokens")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            tokens.insert(r.get(0)?, r.get(1)?);
+        }
+    }
+    let names: BTreeSet<String> = hashes.keys().chain(runs.keys()).cloned().collect();
+    let mut entities = Vec::with_capacity(names.len());
+    for name in names {
+        let (schema_hash, rows) = hashes.get(&name).cloned().unwrap_or_default();
+        let (last_run, last_success, last_error, last_rows) =
+            runs.remove(&name).unwrap_or((None, None, None, 0));
+        entities.push(EntityStatus {
+            entity: EntityName::new(name.as_str()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            schema_hash,
+            rows: u64::try_from(rows).unwrap_or(0),
+            token: tokens.remove(&name).map(ChangeToken),
+            last_run: parse_time(last_run)?,
+            last_success: parse_time(last_success)?,
+            last_error,
+            last_rows: u64::try_from(last_rows).unwrap_or(0),
+        });
+    }
+    tx.commit()?;
+    Ok(OrgStatus { org: org.clone(), schema_version, head, entities })
+}

@@ -1,0 +1,745 @@
+//! [`SqliteStagingStore`]: the control database, the org handles and the
+//! bounded cache of open org databases.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension};
+use sync_core::staging::{ApplyOutcome, MutationRecord, PullPage, PullPlan, SchemaChange};
+use sync_core::{
+    ChangePage, ChangeToken, EntityMetadata, EntityName, Error, MutationId, OrgConfig, OrgId, OrgStaging,
+    OrgStatus, Profile, ProfileName, Result, RowId, Seq, StagedRow, StagingStore, SyncRunReport,
+};
+use tokio::sync::watch;
+
+use crate::error::{R, StoreError};
+use crate::org_db;
+use crate::sql::{ConnSettings, open};
+
+/// The control database's file name inside the data directory.
+pub const CONTROL_FILE: &str = "control.sqlite";
+/// The folder of the org databases inside the data directory.
+pub const ORGS_DIR: &str = "orgs";
+const LOCK_FILE: &str = "LOCK";
+
+const CONTROL_DDL: &str = "
+CREATE TABLE IF NOT EXISTS orgs (
+    id     TEXT PRIMARY KEY,
+    config TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS org_directory (
+    id       TEXT PRIMARY KEY,
+    base_url TEXT NOT NULL
+);
+";
+
+/// Tuning of a [`SqliteStagingStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Most org databases kept open at once (least recently used ones are
+    /// closed beyond it). Each open org holds one writer connection and up to
+    /// `readers_per_org` idle readers, about three file descriptors each.
+    /// Default 64.
+    pub max_open_orgs: usize,
+    /// Idle reader connections kept per open org (more are opened while
+    /// reads run concurrently, and closed afterwards). Default 2.
+    pub readers_per_org: usize,
+    /// SQLite page cache per connection, in KiB. A larger cache roughly
+    /// doubles write speed on large tables. Default 32 MiB.
+    pub cache_size_kib: u32,
+    /// How long a connection waits for another writer's lock before the
+    /// operation fails with `Unavailable`. Default 5 s.
+    pub busy_timeout: Duration,
+    /// Bytes of each database file SQLite may memory-map (`PRAGMA
+    /// mmap_size`); 0 (the default) turns memory mapping off.
+    pub mmap_size: u64,
+    /// WAL pages after which a commit copies the WAL back into the
+    /// database (`PRAGMA wal_autocheckpoint`). Larger values make commits
+    /// of large change pages cheaper (a page rewritten by several commits
+    /// is copied once) at the price of a larger `-wal` file. Default 10,000
+    /// pages (about 40 MB).
+    pub wal_autocheckpoint: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_open_orgs: 64,
+            readers_per_org: 2,
+            cache_size_kib: 32 * 1024,
+            busy_timeout: Duration::from_secs(5),
+            mmap_size: 0,
+            wal_autocheckpoint: 10_000,
+        }
+    }
+}
+
+impl StoreOptions {
+    fn settings(&self) -> ConnSettings {
+        ConnSettings {
+            busy_timeout: self.busy_timeout,
+            cache_size_kib: self.cache_size_kib,
+            mmap_size: self.mmap_size,
+            wal_autocheckpoint: self.wal_autocheckpoint,
+        }
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: a panic in a blocking task
+/// unwinds through rusqlite's transaction guards, which roll back, so the
+/// connection behind the mutex is still usable.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs blocking database work off the async runtime.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> R<T> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(StoreError::from(e).into()),
+    }
+}
+
+/// One org's open connections: a writer (all writes of the org go through it,
+/// one at a time, each in a `BEGIN IMMEDIATE` transaction) and a few idle
+/// readers (reads run concurrently on WAL snapshots).
+struct OrgDb {
+    path: PathBuf,
+    settings: ConnSettings,
+    writer: Mutex<Option<Connection>>,
+    readers: Mutex<Vec<Connection>>,
+    max_idle_readers: usize,
+    /// Counts the org's live connection sets (see [`OrgShared::alive`]).
+    _alive: Arc<()>,
+}
+
+impl OrgDb {
+    fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> R<T>) -> R<T> {
+        let mut guard = lock(&self.writer);
+        let conn = match guard.as_mut() {
+            Some(c) => c,
+            None => guard.insert(open_org(&self.path, &self.settings, false)?),
+        };
+        f(conn)
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&mut Connection) -> R<T>) -> R<T> {
+        let idle = lock(&self.readers).pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => open_org(&self.path, &self.settings, true)?,
+        };
+        let out = f(&mut conn);
+        if conn.is_autocommit() {
+            let mut readers = lock(&self.readers);
+            if readers.len() < self.max_idle_readers {
+                readers.push(conn);
+            }
+        }
+        out
+    }
+}
+
+fn open_org(path: &Path, settings: &ConnSettings, read_only: bool) -> R<Connection> {
+    if !path.exists() {
+        return Err(StoreError::Corrupt(format!("the org database '{}' is missing", path.display())));
+    }
+    open(path, settings, false, read_only)
+}
+
+/// What every handle of one org incarnation shares.
+struct OrgShared {
+    id: OrgId,
+    incarnation: String,
+    path: PathBuf,
+    head: watch::Sender<Seq>,
+    /// Read-held by every operation; write-held by `drop_org`, which sets it
+    /// to `true` (dropped) before removing the files.
+    gate: tokio::sync::RwLock<bool>,
+    /// Cloned into every [`OrgDb`] of this org, so `drop_org` can wait until
+    /// all its connections are closed before unlinking the files.
+    alive: Arc<()>,
+}
+
+impl OrgShared {
+    fn advance(&self, head: Seq) {
+        self.head.send_if_modified(|h| {
+            if head > *h {
+                *h = head;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// A bounded least-recently-used cache of open org databases.
+struct ConnCache {
+    map: HashMap<OrgId, (Arc<OrgDb>, u64)>,
+    tick: u64,
+    capacity: usize,
+}
+
+impl ConnCache {
+    fn get(
+        &mut self,
+        shared: &OrgShared,
+        settings: &ConnSettings,
+        readers: usize,
+    ) -> (Arc<OrgDb>, Vec<Arc<OrgDb>>) {
+        self.tick += 1;
+        if let Some((db, used)) = self.map.get_mut(&shared.id) {
+            *used = self.tick;
+            return (db.clone(), Vec::new());
+        }
+        let db = Arc::new(OrgDb {
+            path: shared.path.clone(),
+            settings: settings.clone(),
+            writer: Mutex::new(None),
+            readers: Mutex::new(Vec::new()),
+            max_idle_readers: readers,
+            _alive: shared.alive.clone(),
+        });
+        self.map.insert(shared.id.clone(), (db.clone(), self.tick));
+        let mut evicted = Vec::new();
+        while self.map.len() > self.capacity.max(1) {
+            let oldest = self.map.iter().min_by_key(|(_, (_, used))| *used).map(|(id, _)| id.clone());
+            match oldest.and_then(|id| self.map.remove(&id)) {
+                Some((db, _)) => evicted.push(db),
+                None => break,
+            }
+        }
+        (db, evicted)
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    settings: ConnSettings,
+    options: StoreOptions,
+    control: Mutex<Connection>,
+    /// Serializes create, drop and first access of orgs.
+    admin: tokio::sync::Mutex<()>,
+    live: Mutex<HashMap<OrgId, Arc<OrgShared>>>,
+    cache: Mutex<ConnCache>,
+    /// Held for the store's lifetime: one process owns a data directory.
+    _lock: File,
+}
+
+impl Inner {
+    fn org_path(&self, org: &OrgId) -> PathBuf {
+        org_path(&self.dir, org)
+    }
+
+    /// The org's open databases, opening (lazily) and evicting as needed.
+    fn db(&self, shared: &OrgShared) -> Arc<OrgDb> {
+        let (db, evicted) = lock(&self.cache).get(shared, &self.settings, self.options.readers_per_org);
+        if !evicted.is_empty() {
+            // Closing a connection may checkpoint its WAL: not on this thread.
+            tokio::task::spawn_blocking(move || drop(evicted));
+        }
+        db
+    }
+}
+
+fn org_path(dir: &Path, org: &OrgId) -> PathBuf {
+    dir.join(ORGS_DIR).join(format!("{}.sqlite", org.as_str()))
+}
+
+/// Removes an org database with its `-wal`, `-shm` and `-journal` files.
+fn remove_org_files(path: &Path) -> R<()> {
+    let mut names = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        names.push(PathBuf::from(p));
+    }
+    for p in names {
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("removing", &p, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The staging store on SQLite: a control database and one database file
+/// per org under a data directory.
+///
+/// Layout of the data directory:
+///
+/// | file | holds |
+/// | --- | --- |
+/// | `control.sqlite` | `orgs` (id, configuration JSON), `org_directory` (id, base URL); the queue tables when a [`SqliteQueue`](crate::SqliteQueue) is opened on it |
+/// | `orgs/<org>.sqlite` | one table per entity, named after it, with one typed column per attribute plus `_sync_version`; the `_sync_*` tables (schemas, profiles, partitions with checksums, membership, tokens, runs, mutations, meta) |
+/// | `LOCK` | held while a store has the directory open |
+///
+/// Writes to one org are serialized (one writer connection, `BEGIN
+/// IMMEDIATE`), so seq order is commit order and a pull never skips a
+/// commit; reads run concurrently on WAL snapshots. All SQLite work runs on
+/// tokio's blocking pool. One process opens a data directory at a time.
+#[derive(Clone)]
+pub struct SqliteStagingStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStagingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStagingStore").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStagingStore {
+    /// Opens (creating when needed) the store in `dir` with default options.
+    pub async fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, StoreOptions::default()).await
+    }
+
+    /// Opens (creating when needed) the store in `dir`.
+    ///
+    /// Creates the directory, `control.sqlite` and `orgs/`; removes org files
+    /// that no org owns (left by a crash during `create_org` or `drop_org`).
+    /// Errors: `Unavailable` when another process has the directory open;
+    /// `Internal` when the directory or the control database cannot be
+    /// created or read.
+    pub async fn open_with(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let settings = options.settings();
+        let (control, lock_file) = blocking({
+            let dir = dir.clone();
+            let settings = settings.clone();
+            move || open_control(&dir, &settings)
+        })
+        .await?;
+        let cache = ConnCache { map: HashMap::new(), tick: 0, capacity: options.max_open_orgs };
+        Ok(SqliteStagingStore {
+            inner: Arc::new(Inner {
+                dir,
+                settings,
+                options,
+                control: Mutex::new(control),
+                admin: tokio::sync::Mutex::new(()),
+                live: Mutex::new(HashMap::new()),
+                cache: Mutex::new(cache),
+                _lock: lock_file,
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The path of the control database (where [`SqliteQueue`](crate::SqliteQueue)
+    /// keeps its tables by default).
+    pub fn control_path(&self) -> PathBuf {
+        self.inner.dir.join(CONTROL_FILE)
+    }
+
+    /// The path of an org's database file (which exists once the org is created).
+    pub fn org_path(&self, org: &OrgId) -> PathBuf {
+        self.inner.org_path(org)
+    }
+
+    /// How many org databases are open right now (at most
+    /// [`StoreOptions::max_open_orgs`], plus those still in use by running
+    /// operations).
+    pub fn open_orgs(&self) -> usize {
+        lock(&self.inner.cache).map.len()
+    }
+
+    async fn control<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> R<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        blocking(move || f(&lock(&inner.control))).await
+    }
+
+    async fn shared(&self, org: &OrgId) -> Result<Arc<OrgShared>> {
+        if let Some(s) = lock(&self.inner.live).get(org) {
+            return Ok(s.clone());
+        }
+        let _admin = self.inner.admin.lock().await;
+        if let Some(s) = lock(&self.inner.live).get(org) {
+            return Ok(s.clone());
+        }
+        let id = org.clone();
+        let exists = self
+            .control(move |c| {
+                Ok(c.prepare_cached("SELECT 1 FROM orgs WHERE id = ?1")?
+                    .query_row([id.as_str()], |_| Ok(()))
+                    .optional()?
+                    .is_some())
+            })
+            .await?;
+        if !exists {
+            return Err(Error::not_found(format!("org '{org}'")));
+        }
+        let path = self.inner.org_path(org);
+        let settings = self.inner.settings.clone();
+        let (incarnation, head) = blocking(move || {
+            let conn = open(&path, &settings, false, true)?;
+            Ok((org_db::incarnation(&conn)?, org_db::head(&conn)?))
+        })
+        .await?;
+        let shared = Arc::new(OrgShared {
+            id: org.clone(),
+            incarnation,
+            path: self.inner.org_path(org),
+            head: watch::channel(head).0,
+            gate: tokio::sync::RwLock::new(false),
+            alive: Arc::new(()),
+        });
+        lock(&self.inner.live).insert(org.clone(), shared.clone());
+        Ok(shared)
+    }
+}
+
+fn open_control(dir: &Path, settings: &ConnSettings) -> R<(Connection, File)> {
+    let orgs = dir.join(ORGS_DIR);
+    std::fs::create_dir_all(&orgs).map_err(|e| StoreError::io("creating", &orgs, e))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock_file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::io("opening", &lock_path, e))?;
+    match lock_file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(Error::unavailable(format!(
+                "the data directory '{}' is in use by another process",
+                dir.display()
+            ))
+            .into());
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io("locking", &lock_path, e)),
+    }
+    let control = open(&dir.join(CONTROL_FILE), settings, true, false)?;
+    control.execute_batch(CONTROL_DDL)?;
+    // Org files without an org row are leftovers of an interrupted create
+    // or drop: remove them so a later create starts empty.
+    let known: std::collections::HashSet<String> = {
+        let mut stmt = control.prepare("SELECT id FROM orgs")?;
+        stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+    };
+    let entries = std::fs::read_dir(&orgs).map_err(|e| StoreError::io("listing", &orgs, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("listing", &orgs, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(org) = name.strip_suffix(".sqlite")
+            && !known.contains(org)
+        {
+            tracing::warn!(org, "removing the database of an org that no longer exists");
+            remove_org_files(&entry.path())?;
+        }
+    }
+    Ok((control, lock_file))
+}
+
+#[async_trait]
+impl StagingStore for SqliteStagingStore {
+    async fn create_org(&self, config: &OrgConfig) -> Result<()> {
+        let _admin = self.inner.admin.lock().await;
+        let inner = self.inner.clone();
+        let config = config.clone();
+        blocking(move || {
+            let path = inner.org_path(&config.id);
+            org_db::create_file(&path, &inner.settings)?;
+            let json = serde_json::to_string(&config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            lock(&inner.control)
+                .prepare_cached(
+                    "INSERT INTO orgs (id, config) VALUES (?1, ?2) \
+                     ON CONFLICT (id) DO UPDATE SET config = excluded.config",
+                )?
+                .execute(rusqlite::params![config.id.as_str(), json])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn drop_org(&self, org: &OrgId) -> Result<()> {
+        let _admin = self.inner.admin.lock().await;
+        let shared = lock(&self.inner.live).remove(org);
+        let mut closing = Vec::new();
+        let mut gate = None;
+        if let Some(s) = &shared {
+            let mut g = s.gate.write().await;
+            *g = true;
+            gate = Some(g);
+            if let Some((db, _)) = lock(&self.inner.cache).map.remove(org) {
+                closing.push(db);
+            }
+        }
+        let inner = self.inner.clone();
+        let id = org.clone();
+        let alive = shared.as_ref().map(|s| s.alive.clone());
+        let out = blocking(move || {
+            drop(closing);
+            lock(&inner.control).prepare_cached("DELETE FROM orgs WHERE id = ?1")?.execute([id.as_str()])?;
+            if let Some(alive) = alive {
+                // Evicted connection sets may still be closing on the
+                // blocking pool; unlinking under them could let their
+                // close delete a new incarnation's WAL.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Arc::strong_count(&alive) > 2 {
+                    if Instant::now() > deadline {
+                        return Err(Error::unavailable(format!(
+                            "org '{id}' still has open connections; try again"
+                        ))
+                        .into());
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            remove_org_files(&inner.org_path(&id))
+        })
+        .await;
+        drop(gate);
+        out
+    }
+
+    async fn orgs(&self) -> Result<Vec<OrgConfig>> {
+        self.control(|c| {
+            let mut stmt = c.prepare_cached("SELECT config FROM orgs ORDER BY id")?;
+            let texts = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            texts
+                .iter()
+                .map(|t| serde_json::from_str(t).map_err(|e| StoreError::Corrupt(format!("org config: {e}"))))
+                .collect()
+        })
+        .await
+    }
+
+    async fn org_config(&self, org: &OrgId) -> Result<OrgConfig> {
+        let id = org.clone();
+        self.control(move |c| {
+            let text: Option<String> = c
+                .prepare_cached("SELECT config FROM orgs WHERE id = ?1")?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()?;
+            let text = text.ok_or_else(|| Error::not_found(format!("org '{id}'")))?;
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("org config: {e}")))
+        })
+        .await
+    }
+
+    async fn org(&self, org: &OrgId) -> Result<Arc<dyn OrgStaging>> {
+        let shared = self.shared(org).await?;
+        Ok(Arc::new(SqliteOrgStaging { inner: self.inner.clone(), shared }))
+    }
+
+    async fn set_org_location(&self, org: &OrgId, base_url: Option<String>) -> Result<()> {
+        if base_url.as_ref().is_some_and(|u| u.trim().is_empty()) {
+            return Err(Error::invalid(format!("org '{org}': the directory needs a non-empty base URL")));
+        }
+        let id = org.clone();
+        self.control(move |c| {
+            match base_url {
+                Some(url) => c
+                    .prepare_cached(
+                        "INSERT INTO org_directory (id, base_url) VALUES (?1, ?2) \
+                         ON CONFLICT (id) DO UPDATE SET base_url = excluded.base_url",
+                    )?
+                    .execute(rusqlite::params![id.as_str(), url])?,
+                None => {
+                    c.prepare_cached("DELETE FROM org_directory WHERE id = ?1")?.execute([id.as_str()])?
+                }
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn org_location(&self, org: &OrgId) -> Result<Option<String>> {
+        let id = org.clone();
+        self.control(move |c| {
+            Ok(c.prepare_cached("SELECT base_url FROM org_directory WHERE id = ?1")?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.control(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+}
+
+/// A handle on one org's staging database (see [`OrgStaging`]). Bound to
+/// the org as it was when the handle was made: after
+/// [`StagingStore::drop_org`] every call fails with `NotFound`, even if an
+/// org of the same id is created again.
+pub struct SqliteOrgStaging {
+    inner: Arc<Inner>,
+    shared: Arc<OrgShared>,
+}
+
+impl SqliteOrgStaging {
+    fn gone(&self) -> Error {
+        Error::not_found(format!("org '{}'", self.shared.id))
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> R<T> + Send + 'static,
+    ) -> Result<T> {
+        let gate = self.shared.gate.read().await;
+        if *gate {
+            return Err(self.gone());
+        }
+        let db = self.inner.db(&self.shared);
+        let out = blocking(move || db.with_writer(f)).await;
+        drop(gate);
+        out
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> R<T> + Send + 'static,
+    ) -> Result<T> {
+        let gate = self.shared.gate.read().await;
+        if *gate {
+            return Err(self.gone());
+        }
+        let db = self.inner.db(&self.shared);
+        let out = blocking(move || db.with_reader(f)).await;
+        drop(gate);
+        out
+    }
+}
+
+#[async_trait]
+impl OrgStaging for SqliteOrgStaging {
+    fn org_id(&self) -> OrgId {
+        self.shared.id.clone()
+    }
+
+    fn incarnation(&self) -> String {
+        self.shared.incarnation.clone()
+    }
+
+    async fn apply_schema(&self, meta: &EntityMetadata) -> Result<SchemaChange> {
+        let meta = meta.clone();
+        let (change, head) = self.write(move |c| org_db::apply_schema(c, &meta)).await?;
+        self.shared.advance(head);
+        Ok(change)
+    }
+
+    async fn schemas(&self) -> Result<Vec<EntityMetadata>> {
+        self.read(|c| org_db::load_schemas(c)).await
+    }
+
+    async fn schema_version(&self) -> Result<u64> {
+        self.read(|c| org_db::schema_version(c)).await
+    }
+
+    async fn put_profile(&self, profile: &Profile) -> Result<()> {
+        let profile = profile.clone();
+        let head = self.write(move |c| org_db::put_profile(c, &profile)).await?;
+        self.shared.advance(head);
+        Ok(())
+    }
+
+    async fn profile(&self, name: &ProfileName) -> Result<Profile> {
+        let name = name.clone();
+        self.read(move |c| {
+            org_db::load_profile(c, &name)?
+                .ok_or_else(|| Error::not_found(format!("profile '{name}'")).into())
+        })
+        .await
+    }
+
+    async fn profiles(&self) -> Result<Vec<Profile>> {
+        self.read(|c| org_db::load_profiles(c)).await
+    }
+
+    async fn delete_profile(&self, name: &ProfileName) -> Result<()> {
+        let name = name.clone();
+        let head = self.write(move |c| org_db::delete_profile(c, &name)).await?;
+        self.shared.advance(head);
+        Ok(())
+    }
+
+    async fn apply_changes(&self, entity: &EntityName, page: &ChangePage) -> Result<ApplyOutcome> {
+        let entity = entity.clone();
+        let page = page.clone();
+        let outcome = self.write(move |c| org_db::apply_changes(c, &entity, page)).await?;
+        self.shared.advance(outcome.head);
+        Ok(outcome)
+    }
+
+    async fn source_token(&self, entity: &EntityName) -> Result<Option<ChangeToken>> {
+        let entity = entity.clone();
+        self.read(move |c| org_db::source_token(c, &entity)).await
+    }
+
+    async fn row(&self, entity: &EntityName, id: &RowId) -> Result<Option<StagedRow>> {
+        let entity = entity.clone();
+        let id = id.clone();
+        self.read(move |c| org_db::row(c, &entity, &id)).await
+    }
+
+    async fn row_ids(&self, entity: &EntityName, after: Option<RowId>, limit: usize) -> Result<Vec<RowId>> {
+        let entity = entity.clone();
+        self.read(move |c| org_db::row_ids(c, &entity, after.as_ref(), limit)).await
+    }
+
+    async fn pull(&self, plan: &PullPlan) -> Result<PullPage> {
+        let plan = plan.clone();
+        self.read(move |c| org_db::pull(c, &plan)).await
+    }
+
+    async fn head(&self) -> Result<Seq> {
+        // Not published to the watch here: a caller may hold a borrow of
+        // the watch across this call.
+        self.read(|c| org_db::head(c)).await
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Seq> {
+        self.shared.head.subscribe()
+    }
+
+    async fn purge_tombstones(&self, up_to: Seq) -> Result<u64> {
+        self.write(move |c| org_db::purge_tombstones(c, up_to)).await
+    }
+
+    async fn tombstone_floor(&self) -> Result<Seq> {
+        self.read(|c| org_db::tombstone_floor(c)).await
+    }
+
+    async fn mutation_result(&self, id: &MutationId) -> Result<Option<MutationRecord>> {
+        let id = *id;
+        self.read(move |c| org_db::mutation_result(c, &id)).await
+    }
+
+    async fn record_mutation(&self, id: &MutationId, record: &MutationRecord) -> Result<()> {
+        let id = *id;
+        let record = record.clone();
+        self.write(move |c| org_db::record_mutation(c, &id, &record)).await
+    }
+
+    async fn record_run(&self, report: &SyncRunReport) -> Result<()> {
+        let report = report.clone();
+        self.write(move |c| org_db::record_run(c, &report)).await
+    }
+
+    async fn status(&self) -> Result<OrgStatus> {
+        let org = self.shared.id.clone();
+        self.read(move |c| org_db::status(c, &org)).await
+    }
+}

@@ -1,0 +1,339 @@
+//! One entity's typed staging table: its SQL, key binding and row decoding.
+//!
+//! Every staging table has, besides one column per attribute:
+//! * `_sync_rid INTEGER PRIMARY KEY`: a row number given by the store, never
+//!   reused within the entity (membership refers to rows by it, so a
+//!   tombstone can never be taken over by a later row);
+//! * `_sync_version INTEGER NOT NULL`: the seq of the row's last change;
+//! * `_sync_parts TEXT NOT NULL`: the row's references into the membership
+//!   log (see [`crate::membership::Parts`]).
+//!
+//! The primary-key attribute is `NOT NULL UNIQUE`.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, Statement};
+use sync_core::row::Row;
+use sync_core::{AttributeType, EntityMetadata, RowId, Seq, StagedRow};
+
+use crate::error::{R, StoreError};
+use crate::membership::Parts;
+use crate::sql::{Bind, column_type, decode, quote};
+
+/// The reserved name of the version column every staging table carries.
+pub(crate) const VERSION_COLUMN: &str = "_sync_version";
+/// The reserved name of the row-number column every staging table carries.
+pub(crate) const RID_COLUMN: &str = "_sync_rid";
+/// The reserved name of the membership-references column.
+pub(crate) const PARTS_COLUMN: &str = "_sync_parts";
+
+/// A staged row as stored: its number, the row and its membership references.
+pub(crate) struct Stored {
+    pub(crate) rid: i64,
+    pub(crate) staged: StagedRow,
+    pub(crate) parts: Parts,
+}
+/// The prefix of the crate's own tables; entity names may not use it.
+pub(crate) const RESERVED_PREFIX: &str = "_sync_";
+
+/// SQL and codecs of one entity's staging table.
+pub(crate) struct Table {
+    pub(crate) meta: EntityMetadata,
+    /// The quoted table name.
+    pub(crate) name: String,
+    key_index: usize,
+    int_key: bool,
+    /// Attribute indexes in column-name order.
+    by_name: Vec<usize>,
+    select_list: String,
+    select_by_key: String,
+    select_by_rid: String,
+    insert: String,
+    update: String,
+    update_parts: String,
+    delete: String,
+}
+
+impl Table {
+    pub(crate) fn new(meta: EntityMetadata) -> R<Self> {
+        let key_index = meta.attributes.iter().position(|a| a.name == meta.primary_key).ok_or_else(|| {
+            StoreError::Corrupt(format!("entity '{}' has no primary key attribute", meta.name))
+        })?;
+        let int_key = meta.attributes[key_index].ty == AttributeType::Integer;
+        let mut by_name: Vec<usize> = (0..meta.attributes.len()).collect();
+        by_name.sort_by(|a, b| meta.attributes[*a].name.cmp(&meta.attributes[*b].name));
+        let name = quote(meta.name.as_str());
+        let key = quote(meta.attributes[key_index].name.as_str());
+        let rid = quote(RID_COLUMN);
+        let version = quote(VERSION_COLUMN);
+        let parts = quote(PARTS_COLUMN);
+        let attrs: Vec<String> = meta.attributes.iter().map(|a| quote(a.name.as_str())).collect();
+        let select_list = format!("{rid}, {}, {version}, {parts}", attrs.join(", "));
+        let n = attrs.len();
+        let params: Vec<String> = (1..=n + 3).map(|i| format!("?{i}")).collect();
+        let insert = format!("INSERT INTO {name} ({select_list}) VALUES ({})", params.join(", "));
+        let mut sets: Vec<String> = attrs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != key_index)
+            .map(|(i, a)| format!("{a} = ?{}", i + 2))
+            .collect();
+        sets.push(format!("{version} = ?{}", n + 2));
+        sets.push(format!("{parts} = ?{}", n + 3));
+        let update = format!("UPDATE {name} SET {} WHERE {rid} = ?1", sets.join(", "));
+        Ok(Table {
+            update_parts: format!("UPDATE {name} SET {parts} = ?2 WHERE {rid} = ?1"),
+            select_by_key: format!("SELECT {select_list} FROM {name} WHERE {key} = ?1"),
+            select_by_rid: format!("SELECT {select_list} FROM {name} WHERE {rid} = ?1"),
+            delete: format!("DELETE FROM {name} WHERE {rid} = ?1"),
+            insert,
+            update,
+            meta,
+            name,
+            key_index,
+            int_key,
+            by_name,
+            select_list,
+        })
+    }
+
+    fn key_column(&self) -> String {
+        quote(self.meta.primary_key.as_str())
+    }
+
+    /// `CREATE TABLE` under the table name `name` (quoted).
+    pub(crate) fn create_sql(&self, name: &str) -> String {
+        let mut sql = format!("CREATE TABLE {name} ({} INTEGER PRIMARY KEY, ", quote(RID_COLUMN));
+        for a in &self.meta.attributes {
+            sql.push_str(&quote(a.name.as_str()));
+            sql.push(' ');
+            sql.push_str(column_type(&a.ty));
+            if a.name == self.meta.primary_key {
+                sql.push_str(" NOT NULL UNIQUE");
+            }
+            sql.push_str(", ");
+        }
+        sql.push_str(&quote(VERSION_COLUMN));
+        sql.push_str(" INTEGER NOT NULL, ");
+        sql.push_str(&quote(PARTS_COLUMN));
+        sql.push_str(" TEXT NOT NULL DEFAULT '');");
+        sql
+    }
+
+    /// For integer keys: an index on the key's text form, so ids list in
+    /// [`RowId`] order. Created after the table has its final name.
+    pub(crate) fn index_sql(&self) -> Option<String> {
+        self.int_key.then(|| {
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {} (CAST({} AS TEXT));",
+                quote(&format!("{RESERVED_PREFIX}text_key_{}", self.meta.name)),
+                self.name,
+                self.key_column()
+            )
+        })
+    }
+
+    /// Selects the membership entries of one partition in an entry-id
+    /// range (`?1` exclusive, `?2` inclusive, `?3` limit), in seq order,
+    /// each with its row of this table (null columns for removes).
+    /// Columns: seq, removed, row_id, then the select list.
+    pub(crate) fn pull_join_sql(&self) -> String {
+        let cols: Vec<String> = self.select_list.split(", ").map(|c| format!("t.{c}")).collect();
+        format!(
+            "SELECT m.id & {}, m.removed, m.row_id, {} FROM _sync_membership m \
+             LEFT JOIN {} t ON t.{} = m.rid AND m.removed = 0 \
+             WHERE m.id > ?1 AND m.id <= ?2 ORDER BY m.id LIMIT ?3",
+            crate::membership::MAX_SEQ,
+            cols.join(", "),
+            self.name,
+            quote(RID_COLUMN)
+        )
+    }
+
+    /// The columns every select of this table reads, in decode order.
+    pub(crate) fn select_list(&self) -> &str {
+        &self.select_list
+    }
+
+    pub(crate) fn select_all_sql(&self) -> String {
+        format!("SELECT {} FROM {} ORDER BY {}", self.select_list, self.name, quote(RID_COLUMN))
+    }
+
+    /// Insert into the table named `name` (the table itself, or a scratch
+    /// copy during a rebuild): `?1` rid, then the attributes, then the version.
+    pub(crate) fn insert_sql(&self, name: &str) -> String {
+        let params: Vec<String> = (1..=self.meta.attributes.len() + 3).map(|i| format!("?{i}")).collect();
+        format!("INSERT INTO {name} ({}) VALUES ({})", self.select_list, params.join(", "))
+    }
+
+    pub(crate) fn insert(&self) -> &str {
+        &self.insert
+    }
+
+    /// Update by rid: `?1` rid, then the attributes, the version, the parts.
+    pub(crate) fn update(&self) -> &str {
+        &self.update
+    }
+
+    /// Writes a row's membership references.
+    pub(crate) fn set_parts(&self, conn: &Connection, rid: i64, parts: &Parts) -> R<()> {
+        conn.prepare_cached(&self.update_parts)?.execute(rusqlite::params![rid, parts.to_text()])?;
+        Ok(())
+    }
+
+    /// Delete by rid.
+    pub(crate) fn delete(&self) -> &str {
+        &self.delete
+    }
+
+    /// Ids after `after` in [`RowId`] order (text order, also for integer keys).
+    pub(crate) fn ids_after_sql(&self, with_after: bool) -> String {
+        let key =
+            if self.int_key { format!("CAST({} AS TEXT)", self.key_column()) } else { self.key_column() };
+        if with_after {
+            format!("SELECT {key} FROM {} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2", self.name)
+        } else {
+            format!("SELECT {key} FROM {} ORDER BY {key} LIMIT ?1", self.name)
+        }
+    }
+
+    /// The stored key of a row id in any accepted spelling, or `None` when
+    /// the id cannot be a key of this entity (then no such row can exist).
+    pub(crate) fn key_value(&self, id: &RowId) -> Option<SqlValue> {
+        if self.int_key {
+            id.as_str().parse::<i64>().ok().map(SqlValue::Integer)
+        } else {
+            let canonical = self.meta.parse_row_id(id.as_str()).ok()?;
+            Some(SqlValue::Text(canonical.as_str().to_owned()))
+        }
+    }
+
+    /// The stored key of a row id already in canonical form (as checked
+    /// rows hold it).
+    pub(crate) fn canonical_key(&self, id: &RowId) -> Option<SqlValue> {
+        if self.int_key {
+            id.as_str().parse::<i64>().ok().map(SqlValue::Integer)
+        } else {
+            Some(SqlValue::Text(id.as_str().to_owned()))
+        }
+    }
+
+    /// Binds rid, a checked row (every attribute present), its version and
+    /// its membership references to the insert or update statement.
+    pub(crate) fn bind_row(
+        &self,
+        stmt: &mut Statement<'_>,
+        rid: i64,
+        row: &Row,
+        version: Seq,
+        parts: &Parts,
+    ) -> R<()> {
+        stmt.raw_bind_parameter(1, rid)?;
+        for (i, a) in self.meta.attributes.iter().enumerate() {
+            let v = row.values.get(&a.name).unwrap_or(&sync_core::Value::Null);
+            stmt.raw_bind_parameter(i + 2, Bind(v))?;
+        }
+        let n = self.meta.attributes.len();
+        stmt.raw_bind_parameter(n + 2, version_param(version)?)?;
+        stmt.raw_bind_parameter(n + 3, parts.to_text())?;
+        Ok(())
+    }
+
+    /// Decodes a row selected with this table's select list.
+    pub(crate) fn decode_row(&self, r: &rusqlite::Row<'_>) -> R<Stored> {
+        self.decode_at(r, 0, true)
+    }
+
+    /// Decodes this table's select list starting at column `at`; the
+    /// membership references only `with_parts` (pulls do not need them).
+    pub(crate) fn decode_at(&self, r: &rusqlite::Row<'_>, at: usize, with_parts: bool) -> R<Stored> {
+        let rid: i64 = r.get(at)?;
+        let attrs = &self.meta.attributes;
+        let mut decoded: Vec<Option<sync_core::Value>> = Vec::with_capacity(attrs.len());
+        for (i, a) in attrs.iter().enumerate() {
+            decoded.push(Some(decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?));
+        }
+        let id = match decoded.get(self.key_index) {
+            Some(Some(v)) => {
+                RowId::new(canonical_key_text(v)).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
+            _ => return Err(StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name))),
+        };
+        // Built from name order: a bulk build, not one insert per column.
+        let values: std::collections::BTreeMap<_, _> = self
+            .by_name
+            .iter()
+            .map(|&i| (attrs[i].name.clone(), decoded[i].take().unwrap_or(sync_core::Value::Null)))
+            .collect();
+        let n = at + attrs.len();
+        let version: i64 = r.get(n + 1)?;
+        let parts = match r.get_ref(n + 2)? {
+            rusqlite::types::ValueRef::Text(t) if with_parts => {
+                Parts::parse(std::str::from_utf8(t).map_err(|e| StoreError::Corrupt(e.to_string()))?)?
+            }
+            _ => Parts::default(),
+        };
+        Ok(Stored { rid, staged: StagedRow { row: Row { id, values }, version: seq_of(version)? }, parts })
+    }
+
+    /// The staged row with `id` (any accepted spelling) and its rid, if any.
+    pub(crate) fn get(&self, conn: &Connection, id: &RowId) -> R<Option<Stored>> {
+        match self.key_value(id) {
+            Some(key) => self.get_by_key(conn, key),
+            None => Ok(None),
+        }
+    }
+
+    /// The staged row with the stored key `key` and its rid, if any.
+    pub(crate) fn get_by_key(&self, conn: &Connection, key: SqlValue) -> R<Option<Stored>> {
+        let mut stmt = conn.prepare_cached(&self.select_by_key)?;
+        self.lookup(&mut stmt, key)
+    }
+
+    /// The select of a row by its stored key (`?1`).
+    pub(crate) fn select_by_key(&self) -> &str {
+        &self.select_by_key
+    }
+
+    /// Runs a statement from [`Table::select_by_key`] for `key`.
+    pub(crate) fn lookup(&self, stmt: &mut Statement<'_>, key: SqlValue) -> R<Option<Stored>> {
+        let mut rows = stmt.query([key])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(self.decode_row(r)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The staged row numbered `rid`, if any.
+    pub(crate) fn get_by_rid(&self, conn: &Connection, rid: i64) -> R<Option<StagedRow>> {
+        let mut stmt = conn.prepare_cached(&self.select_by_rid)?;
+        let mut rows = stmt.query([rid])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(self.decode_row(r)?.staged)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The canonical text of a key value (as [`sync_core::Value::canonical_text`],
+/// without the detour through JSON for the common key types).
+fn canonical_key_text(v: &sync_core::Value) -> String {
+    match v {
+        sync_core::Value::String(s) => s.clone(),
+        sync_core::Value::Integer(i) => i.to_string(),
+        sync_core::Value::Uuid(u) => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            u.hyphenated().encode_lower(&mut buf).to_owned()
+        }
+        other => other.canonical_text(),
+    }
+}
+
+/// A seq as an SQL integer.
+pub(crate) fn version_param(s: Seq) -> R<i64> {
+    i64::try_from(s.0).map_err(|_| StoreError::Corrupt(format!("seq {s} exceeds the SQLite integer range")))
+}
+
+/// An SQL integer as a seq.
+pub(crate) fn seq_of(v: i64) -> R<Seq> {
+    u64::try_from(v).map(Seq).map_err(|_| StoreError::Corrupt(format!("negative seq {v}")))
+}

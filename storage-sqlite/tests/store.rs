@@ -1,0 +1,657 @@
+//! Behaviour of the SQLite staging store beyond the shared conformance
+//! suite: the on-disk layout, schema evolution on real tables, durability
+//! across reopen, the connection cache, and SQLite-specific refusals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use common::*;
+use storage_sqlite::{SqliteStagingStore, StoreOptions};
+use sync_core::staging::{MutationRecord, PullPlan, SchemaChange};
+use sync_core::{
+    Attribute, AttributeType, ChangePage, ChangeToken, EntityMetadata, ErrorKind, MutationId, OrgStaging,
+    Partition, PartitionKey, Principal, Profile, ProfileItem, ProfileName, Row, RowId, Seq, StagingStore,
+    Value,
+};
+
+fn page(rows: Vec<Row>, deletes: Vec<RowId>, token: &str) -> ChangePage {
+    ChangePage { upserts: rows, deletes, next_token: Some(ChangeToken(token.into())), more: false }
+}
+
+async fn setup(dir: &std::path::Path) -> (SqliteStagingStore, Arc<dyn OrgStaging>) {
+    let store = open_store(dir, StoreOptions::default()).await;
+    store.create_org(&org_config("contoso")).await.unwrap();
+    let staging = store.org(&org_id("contoso")).await.unwrap();
+    assert_eq!(staging.apply_schema(&account_meta()).await.unwrap(), SchemaChange::Created);
+    (store, staging)
+}
+
+fn key_of(profile: &Profile, item: &str, params: &[(&str, String)]) -> PartitionKey {
+    Partition {
+        profile: profile.name.clone(),
+        item: sync_core::ItemId::new(item).unwrap(),
+        entity: entity("account"),
+        params: params.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+    }
+    .key()
+}
+
+async fn pull_all(
+    staging: &dyn OrgStaging,
+    keys: &[PartitionKey],
+    max_rows: usize,
+) -> sync_core::staging::PullPage {
+    let plan = PullPlan {
+        partitions: keys.iter().map(|k| (k.clone(), Seq::ZERO)).collect(),
+        max_rows,
+        max_bytes: 1 << 30,
+    };
+    staging.pull(&plan).await.unwrap()
+}
+
+#[tokio::test]
+async fn control_plane_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), StoreOptions::default()).await;
+    store.ping().await.unwrap();
+    store.create_org(&org_config("b_org")).await.unwrap();
+    store.create_org(&org_config("a_org")).await.unwrap();
+    let ids: Vec<String> = store.orgs().await.unwrap().into_iter().map(|c| c.id.to_string()).collect();
+    assert_eq!(ids, ["a_org", "b_org"]);
+    assert!(dir.path().join("control.sqlite").exists());
+    assert!(dir.path().join("orgs").join("a_org.sqlite").exists());
+    assert_eq!(store.org_config(&org_id("zzz")).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(store.org(&org_id("zzz")).await.err().unwrap().kind(), ErrorKind::NotFound);
+
+    store.set_org_location(&org_id("elsewhere"), Some("https://eu.example.invalid".into())).await.unwrap();
+    assert_eq!(
+        store.org_location(&org_id("elsewhere")).await.unwrap().as_deref(),
+        Some("https://eu.example.invalid")
+    );
+    assert_eq!(
+        store.set_org_location(&org_id("elsewhere"), Some("  ".into())).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    store.set_org_location(&org_id("elsewhere"), None).await.unwrap();
+    assert_eq!(store.org_location(&org_id("elsewhere")).await.unwrap(), None);
+
+    // A second process (here: a second store) cannot open the directory.
+    let err = SqliteStagingStore::open(dir.path()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+}
+
+#[tokio::test]
+async fn tables_are_typed_and_readable_with_plain_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, staging) = setup(dir.path()).await;
+    let rows: Vec<Row> = (0..5).map(|i| account_row(i, 0, 3)).collect();
+    staging.apply_changes(&entity("account"), &page(rows.clone(), vec![], "t1")).await.unwrap();
+
+    let conn = rusqlite::Connection::open(store.org_path(&org_id("contoso"))).unwrap();
+    let types: Vec<(String, String)> = conn
+        .prepare("SELECT name, type FROM pragma_table_info('account') ORDER BY cid")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expect = [
+        ("_sync_rid", "INTEGER"),
+        ("accountid", "TEXT"),
+        ("name", "TEXT"),
+        ("accountnumber", "TEXT"),
+        ("revenue", "TEXT"),
+        ("numberofemployees", "INTEGER"),
+        ("statecode", "INTEGER"),
+        ("ownerid", "TEXT"),
+        ("modifiedon", "TEXT"),
+        ("creditonhold", "INTEGER"),
+        ("_sync_version", "INTEGER"),
+        ("_sync_parts", "TEXT"),
+    ];
+    let got: Vec<(&str, &str)> = types.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(got, expect);
+    let (name, employees, revenue): (String, i64, String) = conn
+        .query_row(
+            "SELECT name, numberofemployees, revenue FROM account WHERE accountid = ?1",
+            [rows[1].id.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(Value::String(name), rows[1].values[&col("name")]);
+    assert_eq!(Value::Integer(employees), rows[1].values[&col("numberofemployees")]);
+    assert_eq!(
+        Value::from(revenue).coerce(&AttributeType::Decimal).unwrap(),
+        rows[1].values[&col("revenue")].clone().coerce(&AttributeType::Decimal).unwrap()
+    );
+    let token: String =
+        conn.query_row("SELECT token FROM _sync_tokens WHERE entity = 'account'", [], |r| r.get(0)).unwrap();
+    assert_eq!(token, "t1");
+}
+
+#[tokio::test]
+async fn schema_evolution_keeps_converting_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), StoreOptions::default()).await;
+    store.create_org(&org_config("contoso")).await.unwrap();
+    let staging = store.org(&org_id("contoso")).await.unwrap();
+    let e = entity("thing");
+    let v1 = EntityMetadata::new(
+        e.clone(),
+        col("id"),
+        vec![
+            Attribute::new(col("id"), AttributeType::Integer),
+            Attribute::new(col("code"), AttributeType::String),
+            Attribute::new(col("qty"), AttributeType::Integer),
+            Attribute::new(col("gone"), AttributeType::String),
+        ],
+    )
+    .unwrap();
+    assert_eq!(staging.apply_schema(&v1).await.unwrap(), SchemaChange::Created);
+    assert_eq!(staging.apply_schema(&v1).await.unwrap(), SchemaChange::Unchanged);
+    assert_eq!(staging.schema_version().await.unwrap(), 1);
+    let everything = Profile {
+        name: ProfileName::new("all").unwrap(),
+        roles: ["r".to_owned()].into(),
+        items: vec![ProfileItem::new(e.clone(), "")],
+    };
+    staging.put_profile(&everything).await.unwrap();
+    let rows = vec![
+        Row::new(
+            RowId::new("1").unwrap(),
+            [(col("code"), Value::from("42")), (col("qty"), Value::Integer(5))],
+        ),
+        Row::new(
+            RowId::new("2").unwrap(),
+            [(col("code"), Value::from("x1")), (col("qty"), Value::Integer(7))],
+        ),
+        Row::new(RowId::new("10").unwrap(), [(col("code"), Value::Null), (col("gone"), Value::from("bye"))]),
+    ];
+    staging.apply_changes(&e, &page(rows, vec![], "t")).await.unwrap();
+    let before = staging.row(&e, &RowId::new("2").unwrap()).await.unwrap().unwrap().version;
+
+    // Add a column and drop one: ALTER TABLE, values kept, versions kept.
+    let mut v2 = v1.clone();
+    v2.attributes.retain(|a| a.name.as_str() != "gone");
+    v2.attributes.push(Attribute::new(col("note"), AttributeType::Json));
+    assert_eq!(staging.apply_schema(&v2).await.unwrap(), SchemaChange::Altered);
+    let r2 = staging.row(&e, &RowId::new("2").unwrap()).await.unwrap().unwrap();
+    assert_eq!(r2.version, before);
+    assert_eq!(r2.row.values[&col("note")], Value::Null);
+    assert!(!r2.row.values.contains_key(&col("gone")));
+
+    // Retype qty integer → decimal (converts) and code string → integer
+    // (text does not coerce to integers: nulls). The table is rebuilt.
+    let mut v3 = v2.clone();
+    v3.attributes[1].ty = AttributeType::Integer;
+    v3.attributes[2].ty = AttributeType::Decimal;
+    assert_eq!(staging.apply_schema(&v3).await.unwrap(), SchemaChange::Altered);
+    assert_eq!(staging.schema_version().await.unwrap(), 3);
+    assert_eq!(staging.schemas().await.unwrap(), vec![v3.clone()]);
+    let r1 = staging.row(&e, &RowId::new("1").unwrap()).await.unwrap().unwrap();
+    let r2 = staging.row(&e, &RowId::new("2").unwrap()).await.unwrap().unwrap();
+    let r10 = staging.row(&e, &RowId::new("10").unwrap()).await.unwrap().unwrap();
+    assert_eq!(r1.row.values[&col("qty")], Value::Decimal(5.into()));
+    assert_eq!(r1.row.values[&col("code")], Value::Null);
+    assert_eq!(r2.row.values[&col("qty")], Value::Decimal(7.into()));
+    assert!(r1.version > before && r2.version > before, "rows whose values changed get a new version");
+    assert_eq!(
+        (r10.row.values[&col("code")].clone(), r10.row.values[&col("qty")].clone()),
+        (Value::Null, Value::Null)
+    );
+    assert!(r10.version < r1.version, "a row whose values did not change keeps its version");
+    let conn = rusqlite::Connection::open(store.org_path(&org_id("contoso"))).unwrap();
+    let qty: String = conn.query_row("SELECT qty FROM thing WHERE id = 2", [], |r| r.get(0)).unwrap();
+    assert_eq!(qty, "7", "decimals are stored as exact text");
+    // Integer keys list in text order, like RowId.
+    let ids: Vec<String> =
+        staging.row_ids(&e, None, 10).await.unwrap().into_iter().map(String::from).collect();
+    assert_eq!(ids, ["1", "10", "2"]);
+    let ids: Vec<String> = staging
+        .row_ids(&e, Some(RowId::new("1").unwrap()), 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(ids, ["10"]);
+    assert_membership_recomputes(&store, &org_id("contoso"), &v3).await;
+
+    // A key change is refused while rows are staged, and changes nothing.
+    let mut v4 = v3.clone();
+    v4.primary_key = col("code");
+    assert_eq!(staging.apply_schema(&v4).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(staging.schema_version().await.unwrap(), 3);
+    // A profile that would no longer compile blocks the change.
+    let qty = Profile {
+        name: ProfileName::new("qty").unwrap(),
+        roles: ["r".to_owned()].into(),
+        items: vec![ProfileItem::new(e.clone(), "qty gt 3")],
+    };
+    staging.put_profile(&qty).await.unwrap();
+    let mut v5 = v3.clone();
+    v5.attributes.retain(|a| a.name.as_str() != "qty");
+    assert_eq!(staging.apply_schema(&v5).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(staging.schemas().await.unwrap(), vec![v3]);
+}
+
+#[tokio::test]
+async fn reserved_and_clashing_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, staging) = setup(dir.path()).await;
+    let attrs = || vec![Attribute::new(col("id"), AttributeType::String)];
+    for name in ["_sync_meta", "_SYNC_x", "sqlite_master", "Account"] {
+        let meta = EntityMetadata::new(entity(name), col("id"), attrs()).unwrap();
+        let err = staging.apply_schema(&meta).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{name}: {err}");
+    }
+    let meta = EntityMetadata::new(
+        entity("other"),
+        col("id"),
+        vec![
+            Attribute::new(col("id"), AttributeType::String),
+            Attribute::new(col("_Sync_Version"), AttributeType::Integer),
+        ],
+    )
+    .unwrap();
+    assert_eq!(staging.apply_schema(&meta).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    // Keywords and odd but valid names are quoted.
+    let meta = EntityMetadata::new(
+        entity("select"),
+        col("from"),
+        vec![
+            Attribute::new(col("from"), AttributeType::String),
+            Attribute::new(col("where"), AttributeType::Integer),
+        ],
+    )
+    .unwrap();
+    staging.apply_schema(&meta).await.unwrap();
+    let row = Row::new(RowId::new("a'b\"c; drop table x").unwrap(), [(col("where"), Value::Integer(1))]);
+    staging.apply_changes(&entity("select"), &page(vec![row.clone()], vec![], "t")).await.unwrap();
+    assert_eq!(
+        staging.row(&entity("select"), &row.id).await.unwrap().unwrap().row.values[&col("where")],
+        Value::Integer(1)
+    );
+}
+
+#[tokio::test]
+async fn ingestion_membership_and_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, staging) = setup(dir.path()).await;
+    let profile = sales_profile();
+    staging.put_profile(&profile).await.unwrap();
+    let account = entity("account");
+    let rows: Vec<Row> = (0..200).map(|i| account_row(i, 0, 4)).collect();
+    let out = staging.apply_changes(&account, &page(rows.clone(), vec![], "t1")).await.unwrap();
+    assert_eq!((out.upserted, out.deleted, out.unchanged), (200, 0, 0));
+    assert_eq!(out.head, Seq(200));
+    assert_eq!(*staging.watch_head().borrow(), Seq(200));
+    assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
+
+    // Identical upserts: no new seq.
+    let out = staging.apply_changes(&account, &page(rows[..10].to_vec(), vec![], "t2")).await.unwrap();
+    assert_eq!((out.upserted, out.unchanged, out.head), (0, 10, Seq(200)));
+    assert_eq!(staging.source_token(&account).await.unwrap(), Some(ChangeToken("t2".into())));
+
+    // Moves across owners and states, and deletes.
+    let moved: Vec<Row> = (0..50).map(|i| account_row(i, 1, 4)).collect();
+    let deleted: Vec<RowId> = (150..160).map(|i| account_row(i, 0, 4).id).collect();
+    let unknown = RowId::new(row_uuid(9999).to_string()).unwrap();
+    let out = staging
+        .apply_changes(&account, &page(moved, [deleted.clone(), vec![unknown]].concat(), "t3"))
+        .await
+        .unwrap();
+    assert_eq!((out.upserted, out.deleted), (50, 10));
+    assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
+
+    // One user's view: the active partition plus their own.
+    let user = owner(1, 4).to_string();
+    let principal = Principal::new(user.clone(), org_id("contoso")).with_role("sales");
+    let parts =
+        sync_core::filter::principal_partitions(&principal, &[profile.clone()], &[account_meta()]).unwrap();
+    let keys: Vec<PartitionKey> = parts.iter().map(Partition::key).collect();
+    assert_eq!(
+        keys,
+        vec![key_of(&profile, "active", &[]), key_of(&profile, "mine", &[("user.id", user.clone())])]
+    );
+    let full = pull_all(staging.as_ref(), &keys, 100_000).await;
+    assert!(!full.more);
+    assert_eq!(full.head, Seq(260));
+    let checksums = full.checksums.clone().unwrap();
+    // Paged pulls reach the same state and checksums.
+    let mut positions: Vec<(PartitionKey, Seq)> = keys.iter().map(|k| (k.clone(), Seq::ZERO)).collect();
+    let mut held: std::collections::BTreeMap<PartitionKey, BTreeSet<(RowId, Seq)>> = Default::default();
+    let mut pages = 0;
+    loop {
+        let p = staging
+            .pull(&PullPlan { partitions: positions.clone(), max_rows: 17, max_bytes: 4000 })
+            .await
+            .unwrap();
+        assert!(p.changes.len() <= 17 && !p.changes.is_empty() || !p.more);
+        pages += 1;
+        for c in &p.changes {
+            let set = held.entry(c.partition.clone()).or_default();
+            set.retain(|(id, _)| id != &c.row_id);
+            if let Some(r) = &c.row {
+                assert_eq!(r.row.id, c.row_id);
+                set.insert((c.row_id.clone(), r.version));
+            }
+        }
+        positions = p.positions.clone();
+        if !p.more {
+            assert_eq!(p.checksums.unwrap(), checksums);
+            break;
+        }
+        assert!(p.checksums.is_none());
+    }
+    assert!(pages > 5, "the byte and row budgets paged the pull ({pages} pages)");
+    let rows = all_rows(staging.as_ref(), &account).await;
+    let expected = recompute(&account_meta(), &[profile.clone()], &rows);
+    for k in &keys {
+        let got: BTreeSet<(String, u64)> = held
+            .get(k)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, v)| (id.to_string(), v.0))
+            .collect();
+        assert_eq!(got, expected.get(k.as_str()).map(|e| e.0.clone()).unwrap_or_default(), "{k}");
+        assert_eq!(checksums[k], expected.get(k.as_str()).map(|e| e.1).unwrap_or_default());
+    }
+    // Up to date: nothing more, positions at the head.
+    let p =
+        staging.pull(&PullPlan { partitions: positions.clone(), max_rows: 10, max_bytes: 10 }).await.unwrap();
+    assert!(p.changes.is_empty() && !p.more);
+    assert!(p.positions.iter().all(|(_, s)| *s == Seq(260)));
+
+    // Bad positions.
+    let beyond = vec![(keys[0].clone(), Seq(261))];
+    let err = staging.pull(&PullPlan { partitions: beyond, max_rows: 10, max_bytes: 100 }).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ResyncRequired);
+    let twice = vec![(keys[0].clone(), Seq(0)), (keys[0].clone(), Seq(0))];
+    let err = staging.pull(&PullPlan { partitions: twice, max_rows: 10, max_bytes: 100 }).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+
+    // Tombstones: purge raises the floor; old positions must resync.
+    let purged = staging.purge_tombstones(Seq(255)).await.unwrap();
+    assert!(purged > 0);
+    assert_eq!(staging.tombstone_floor().await.unwrap(), Seq(255));
+    let old = vec![(keys[0].clone(), Seq(100))];
+    let err = staging.pull(&PullPlan { partitions: old, max_rows: 10, max_bytes: 100 }).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ResyncRequired);
+    staging.purge_tombstones(Seq(10_000)).await.unwrap();
+    assert_eq!(staging.tombstone_floor().await.unwrap(), Seq(260), "the floor never passes the head");
+    assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
+
+    // Status.
+    let status = staging.status().await.unwrap();
+    assert_eq!(status.head, Seq(260));
+    assert_eq!(status.entities.len(), 1);
+    assert_eq!(status.entities[0].rows, 190);
+    assert_eq!(status.entities[0].token, Some(ChangeToken("t3".into())));
+}
+
+#[tokio::test]
+async fn invalid_pages_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, staging) = setup(dir.path()).await;
+    staging.put_profile(&sales_profile()).await.unwrap();
+    let account = entity("account");
+    staging
+        .apply_changes(&account, &page((0..5).map(|i| account_row(i, 0, 2)).collect(), vec![], "t1"))
+        .await
+        .unwrap();
+    let mut bad = account_row(7, 0, 2);
+    bad.values.insert(col("numberofemployees"), Value::from("many"));
+    let rows = vec![account_row(5, 0, 2), bad];
+    let err = staging.apply_changes(&account, &page(rows, vec![], "t2")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let err =
+        staging.apply_changes(&account, &page(vec![], vec![RowId::new("not-a-uuid").unwrap()], "t2")).await;
+    assert_eq!(err.unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(staging.head().await.unwrap(), Seq(5));
+    assert_eq!(staging.source_token(&account).await.unwrap(), Some(ChangeToken("t1".into())));
+    assert!(staging.row(&account, &account_row(5, 0, 2).id).await.unwrap().is_none());
+    let err = staging.apply_changes(&entity("contact"), &page(vec![], vec![], "t")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(staging.source_token(&entity("contact")).await.unwrap(), None);
+    // A profile that does not compile changes nothing either.
+    let mut broken = sales_profile();
+    broken.items[0].filter = "nosuchcolumn eq 1".into();
+    assert_eq!(staging.put_profile(&broken).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(staging.profiles().await.unwrap(), vec![sales_profile()]);
+    assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
+}
+
+#[tokio::test]
+async fn profile_changes_recompute_membership() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, staging) = setup(dir.path()).await;
+    let account = entity("account");
+    staging
+        .apply_changes(&account, &page((0..100).map(|i| account_row(i, 0, 3)).collect(), vec![], "t"))
+        .await
+        .unwrap();
+    let head = staging.head().await.unwrap();
+    let mut profile = sales_profile();
+    staging.put_profile(&profile).await.unwrap();
+    assert!(staging.head().await.unwrap() > head);
+    assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
+    // Saving the same profile again changes nothing.
+    let head = staging.head().await.unwrap();
+    staging.put_profile(&profile).await.unwrap();
+    assert_eq!(staging.head().await.unwrap(), head);
+    // A narrower filter moves rows out (removes with new seqs).
+    profile.items[0].filter = "statecode eq 0 and creditonhold eq false".into();
+    staging.put_profile(&profile).await.unwrap();
+    assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
+    let key = key_of(&profile, "active", &[]);
+    let p = staging
+        .pull(&PullPlan { partitions: vec![(key.clone(), head)], max_rows: 1000, max_bytes: 1 << 20 })
+        .await
+        .unwrap();
+    assert!(
+        !p.changes.is_empty() && p.changes.iter().all(|c| c.row.is_none()),
+        "only removes after the change"
+    );
+    assert_eq!(staging.profile(&profile.name).await.unwrap(), profile);
+    // Deleting the profile empties its partitions.
+    staging.delete_profile(&profile.name).await.unwrap();
+    assert_eq!(staging.profile(&profile.name).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(staging.delete_profile(&profile.name).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
+    let p = pull_all(staging.as_ref(), &[key.clone()], 1000).await;
+    assert!(p.changes.iter().all(|c| c.row.is_none()));
+    assert_eq!(p.checksums.unwrap()[&key], sync_core::Checksum::default());
+}
+
+#[tokio::test]
+async fn mutation_journal_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, staging) = setup(dir.path()).await;
+    let id = MutationId::new_v4();
+    assert_eq!(staging.mutation_result(&id).await.unwrap(), None);
+    let record = MutationRecord {
+        fingerprint: "abc".into(),
+        outcome: sync_core::protocol::MutationOutcome::Rejected { reason: "no".into() },
+        checkpoint: Seq(3),
+    };
+    staging.record_mutation(&id, &record).await.unwrap();
+    staging.record_mutation(&id, &record).await.unwrap();
+    let other = MutationRecord { fingerprint: "def".into(), ..record.clone() };
+    assert_eq!(staging.record_mutation(&id, &other).await.unwrap_err().kind(), ErrorKind::Conflict);
+    assert_eq!(staging.mutation_result(&id).await.unwrap(), Some(record));
+
+    let at = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let run = |error: Option<&str>| sync_core::SyncRunReport {
+        entity: entity("account"),
+        at,
+        rows_applied: 7,
+        error: error.map(str::to_owned),
+    };
+    staging.record_run(&run(None)).await.unwrap();
+    staging.record_run(&run(Some("source down"))).await.unwrap();
+    let s = staging.status().await.unwrap();
+    let e = &s.entities[0];
+    assert_eq!(
+        (e.last_run, e.last_success, e.last_error.as_deref(), e.last_rows),
+        (Some(at), Some(at), Some("source down"), 7)
+    );
+    assert_eq!(e.schema_hash, account_meta().schema_hash());
+}
+
+#[tokio::test]
+async fn data_survives_reopen_and_drop_removes_files() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_store, staging) = setup(dir.path()).await;
+        staging.put_profile(&sales_profile()).await.unwrap();
+        staging
+            .apply_changes(
+                &entity("account"),
+                &page((0..20).map(|i| account_row(i, 0, 2)).collect(), vec![], "t"),
+            )
+            .await
+            .unwrap();
+    }
+    let store = open_store(dir.path(), StoreOptions::default()).await;
+    let staging = store.org(&org_id("contoso")).await.unwrap();
+    assert_eq!(staging.head().await.unwrap(), Seq(20));
+    assert_eq!(*staging.watch_head().borrow(), Seq(20), "the watch starts at the stored head");
+    assert_eq!(staging.source_token(&entity("account")).await.unwrap(), Some(ChangeToken("t".into())));
+    assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
+
+    // Drop: files gone (with -wal/-shm), handles NotFound, recreate is empty.
+    let path = store.org_path(&org_id("contoso"));
+    let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+    assert!(wal.exists());
+    store.drop_org(&org_id("contoso")).await.unwrap();
+    assert!(!path.exists() && !wal.exists());
+    assert!(!std::path::PathBuf::from(format!("{}-shm", path.display())).exists());
+    assert_eq!(staging.head().await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(staging.apply_schema(&account_meta()).await.unwrap_err().kind(), ErrorKind::NotFound);
+    store.drop_org(&org_id("contoso")).await.unwrap();
+    store.create_org(&org_config("contoso")).await.unwrap();
+    let fresh = store.org(&org_id("contoso")).await.unwrap();
+    assert_eq!(fresh.head().await.unwrap(), Seq::ZERO);
+    assert!(fresh.schemas().await.unwrap().is_empty());
+    assert_eq!(staging.head().await.unwrap_err().kind(), ErrorKind::NotFound, "old handles stay dropped");
+
+    // An org file no org owns (a crash between file and row) is removed on open.
+    drop((staging, fresh, store));
+    std::fs::write(dir.path().join("orgs").join("orphan.sqlite"), b"").unwrap();
+    let store = open_store(dir.path(), StoreOptions::default()).await;
+    assert!(!dir.path().join("orgs").join("orphan.sqlite").exists());
+    assert_eq!(store.orgs().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_never_skip_a_commit() {
+    // Writers on several tasks; a reader pulls continuously from its
+    // positions. Whatever it has seen at the end must equal the final state:
+    // a commit that landed "behind" its cursor would be missed.
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, staging) = setup(dir.path()).await;
+    let everything = Profile {
+        name: ProfileName::new("all").unwrap(),
+        roles: ["r".to_owned()].into(),
+        items: vec![ProfileItem::new(entity("account"), "")],
+    };
+    staging.put_profile(&everything).await.unwrap();
+    let key = key_of(&everything, "account", &[]);
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let staging = staging.clone();
+        writers.push(tokio::spawn(async move {
+            for round in 0..15u64 {
+                let rows: Vec<Row> =
+                    (0..20).map(|i| account_row(w * 1000 + (i + round * 7) % 60, round, 5)).collect();
+                let deletes =
+                    if round % 4 == 3 { vec![account_row(w * 1000 + round, 0, 5).id] } else { vec![] };
+                staging.apply_changes(&entity("account"), &page(rows, deletes, "t")).await.unwrap();
+            }
+        }));
+    }
+    let reader = {
+        let staging = staging.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let mut pos = Seq::ZERO;
+            let mut held: std::collections::BTreeMap<RowId, Seq> = Default::default();
+            let mut seqs = Vec::new();
+            for _ in 0..400 {
+                let p = staging
+                    .pull(&PullPlan {
+                        partitions: vec![(key.clone(), pos)],
+                        max_rows: 25,
+                        max_bytes: 1 << 20,
+                    })
+                    .await
+                    .unwrap();
+                for c in p.changes {
+                    seqs.push(c.seq);
+                    match c.row {
+                        Some(r) => held.insert(c.row_id, r.version),
+                        None => held.remove(&c.row_id),
+                    };
+                }
+                pos = p.positions[0].1;
+                tokio::task::yield_now().await;
+            }
+            (pos, held, seqs)
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    let (mut pos, mut held, seqs) = reader.await.unwrap();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs arrive in increasing order");
+    loop {
+        let p = staging
+            .pull(&PullPlan { partitions: vec![(key.clone(), pos)], max_rows: 500, max_bytes: 1 << 30 })
+            .await
+            .unwrap();
+        for c in p.changes {
+            match c.row {
+                Some(r) => held.insert(c.row_id, r.version),
+                None => held.remove(&c.row_id),
+            };
+        }
+        pos = p.positions[0].1;
+        if !p.more {
+            break;
+        }
+    }
+    let rows = all_rows(staging.as_ref(), &entity("account")).await;
+    let expected: std::collections::BTreeMap<RowId, Seq> =
+        rows.into_iter().map(|(id, (_, v))| (id, v)).collect();
+    assert_eq!(held, expected);
+}
+
+#[tokio::test]
+async fn connection_cache_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions { max_open_orgs: 3, ..StoreOptions::default() };
+    let store = open_store(dir.path(), options).await;
+    let mut handles = Vec::new();
+    for i in 0..10 {
+        let id = format!("org{i}");
+        store.create_org(&org_config(&id)).await.unwrap();
+        let staging = store.org(&org_id(&id)).await.unwrap();
+        staging.apply_schema(&account_meta()).await.unwrap();
+        handles.push(staging);
+        assert!(store.open_orgs() <= 3);
+    }
+    for (i, h) in handles.iter().enumerate() {
+        let rows = vec![account_row(i as u64, 0, 1)];
+        h.apply_changes(&entity("account"), &page(rows, vec![], "t")).await.unwrap();
+        assert!(store.open_orgs() <= 3);
+    }
+    for h in &handles {
+        assert_eq!(h.status().await.unwrap().entities[0].rows, 1);
+    }
+}
