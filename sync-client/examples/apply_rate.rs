@@ -50,7 +50,7 @@ fn row(i: u64) -> Vec<Value> {
         Value::String(format!("Account {i} Holdings")),
         Value::String(format!("{}.{:02}", i * 37 % 1_000_000, i % 100)),
         Value::Integer((i % 5000) as i64),
-        Value::Boolean(i % 3 == 0),
+        Value::Boolean(i.is_multiple_of(3)),
         Value::String("2024-03-05T10:20:30Z".into()),
         Value::String(uuid::Uuid::from_u64_pair(7, i % 50).to_string()),
         Value::Float((i % 100) as f64 / 10.0),

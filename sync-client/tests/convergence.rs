@@ -10,15 +10,18 @@
 //! for its principal (DESIGN.md §6.1); at the end every offline edit was
 //! applied at the source or reported as a conflict or rejection.
 //!
-//! `CLIENT_CONVERGENCE_SEEDS` sets the number of seeds (default 200);
-//! `CLIENT_CONVERGENCE_SEED` runs one seed.
+//! Runs twice: in-process against the in-memory store, and over real
+//! loopback HTTP (transport-http's router and `HttpSyncTransport`) against
+//! the SQLite store. `CLIENT_CONVERGENCE_SEEDS` / `CLIENT_HTTP_CONVERGENCE_SEEDS`
+//! set the number of seeds (default 200 each); `CLIENT_CONVERGENCE_SEED`
+//! runs one seed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Rng, World, col, ent};
+use common::{Backend, Rng, World, col, ent};
 use sync_client::SyncEvent;
 use sync_core::{ConflictPolicy, MutationId, RowId, Value};
 
@@ -35,14 +38,14 @@ struct Coverage {
     dropped_partitions: u64,
 }
 
-async fn run_seed(seed: u64, cov: &mut Coverage) {
+async fn run_seed(seed: u64, backend: Backend, cov: &mut Coverage) {
     let mut rng = Rng::new(seed);
     let policy = match rng.below(3) {
         0 => ConflictPolicy::Merge,
         1 => ConflictPolicy::ClientWins,
         _ => ConflictPolicy::ServerWins,
     };
-    let mut world = World::new(policy.clone(), seed).await;
+    let mut world = World::with_backend(policy.clone(), seed, backend).await;
     // Every offline edit made, and every answer the server gave.
     let mut made: Vec<BTreeSet<MutationId>> = vec![BTreeSet::new(); world.clients.len()];
     for step in 0..STEPS {
@@ -145,23 +148,34 @@ async fn run_seed(seed: u64, cov: &mut Coverage) {
     }
 }
 
-fn seeds() -> Vec<u64> {
+fn seeds(var: &str) -> Vec<u64> {
     if let Some(s) = std::env::var("CLIENT_CONVERGENCE_SEED").ok().and_then(|v| v.parse().ok()) {
         return vec![s];
     }
-    let n: u64 = std::env::var("CLIENT_CONVERGENCE_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let n: u64 = std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     (1..=n).collect()
 }
 
-#[test]
-fn clients_converge_over_random_histories() {
+fn converge(backend: Backend, var: &str) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let seeds = seeds();
+    let seeds = seeds(var);
     let mut cov = Coverage::default();
+    let keep_going = std::env::var_os("CLIENT_CONVERGENCE_KEEP_GOING").is_some();
+    let mut failed = Vec::new();
     for &seed in &seeds {
-        rt.block_on(run_seed(seed, &mut cov));
+        if keep_going {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rt.block_on(run_seed(seed, backend, &mut cov));
+            }));
+            if r.is_err() {
+                failed.push(seed);
+            }
+        } else {
+            rt.block_on(run_seed(seed, backend, &mut cov));
+        }
     }
-    eprintln!("{} seeds: {cov:?}", seeds.len());
+    assert!(failed.is_empty(), "{backend:?}: seeds {failed:?} failed");
+    eprintln!("{backend:?}: {} seeds: {cov:?}", seeds.len());
     if seeds.len() >= 50 {
         assert!(
             cov.applied > 0
@@ -173,6 +187,19 @@ fn clients_converge_over_random_histories() {
             "some paths never ran: {cov:?}"
         );
     }
+}
+
+/// In-process against the in-memory store (`CLIENT_CONVERGENCE_SEEDS`, default 200).
+#[test]
+fn clients_converge_over_random_histories() {
+    converge(Backend::Memory, "CLIENT_CONVERGENCE_SEEDS");
+}
+
+/// Over real loopback HTTP against the SQLite store
+/// (`CLIENT_HTTP_CONVERGENCE_SEEDS`, default 200).
+#[test]
+fn clients_converge_over_http_on_the_sqlite_store() {
+    converge(Backend::Http, "CLIENT_HTTP_CONVERGENCE_SEEDS");
 }
 
 /// A push whose response is lost is retried with the same ids and applied

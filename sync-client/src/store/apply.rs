@@ -333,6 +333,16 @@ impl PageBatch<'_> {
                 batch.versions.len()
             )));
         }
+        // Removes first. A batch holds at most one op per row, so the order
+        // does not matter — except when a server sends a row both as a put
+        // and as a remove (a stale tombstone of a deleted and re-created
+        // row): the puts it sends are current, so they must win.
+        for r in &batch.removes {
+            let row_id = meta
+                .parse_row_id(r.as_str())
+                .map_err(|e| ClientError::protocol(format!("removed row id of '{}': {e}", batch.entity)))?;
+            self.remove(&part, &meta, &row_id)?;
+        }
         if !batch.puts.is_empty() {
             let upsert = upsert_sql(&meta, &batch.columns);
             for (values, version) in batch.puts.iter().zip(&batch.versions) {
@@ -358,12 +368,6 @@ impl PageBatch<'_> {
                     .map_err(|e| ClientError::protocol(format!("row id of '{}': {e}", batch.entity)))?;
                 self.put(&part, &meta, &batch.columns, &upsert, row_id, *version, typed)?;
             }
-        }
-        for r in &batch.removes {
-            let row_id = meta
-                .parse_row_id(r.as_str())
-                .map_err(|e| ClientError::protocol(format!("removed row id of '{}': {e}", batch.entity)))?;
-            self.remove(&part, &meta, &row_id)?;
         }
         Ok(())
     }

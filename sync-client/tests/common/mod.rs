@@ -215,6 +215,55 @@ pub type Connect = Arc<dyn Fn(&Principal) -> Arc<dyn SyncTransport> + Send + Syn
 pub enum Backend {
     /// The in-memory store, called in-process.
     Memory,
+    /// storage-sqlite in a temporary directory, served by transport-http's
+    /// router on a loopback port; devices use `HttpSyncTransport`.
+    Http,
+}
+
+/// The HS256 secret of test servers.
+pub const SECRET: &[u8] = b"client test secret: thirty-two bytes or more";
+
+/// A bearer token for a principal, with its roles and claims.
+pub fn token_for(p: &Principal) -> String {
+    let mut t = transport_http::DevToken::new(p.user_id.clone(), &p.org);
+    for r in &p.roles {
+        t = t.with_role(r.clone());
+    }
+    for (k, v) in &p.claims {
+        t = t.with_claim(k.clone(), v.clone());
+    }
+    t.sign_hs256(SECRET).unwrap()
+}
+
+/// Serves the router of `service` on a loopback port; the server stops
+/// when the returned guard is dropped.
+pub async fn serve(service: &SyncService) -> (String, AbortOnDrop) {
+    let auth = Arc::new(transport_http::JwtAuthenticator::hs256(SECRET.to_vec()).unwrap());
+    let app = transport_http::router(service.clone(), auth, transport_http::HttpConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, AbortOnDrop(task))
+}
+
+/// Aborts a task when dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An HTTP transport acting as `p` against the server at `url`.
+pub fn http_transport(url: &str, p: &Principal) -> Arc<dyn SyncTransport> {
+    let config = transport_http::HttpTransportConfig::new(url.to_owned(), p.org.clone()).with_retry(
+        transport_http::RetryPolicy::default()
+            .with_backoff(std::time::Duration::from_millis(1), std::time::Duration::from_millis(20)),
+    );
+    Arc::new(transport_http::HttpSyncTransport::with_token(config, token_for(p)).unwrap())
 }
 
 pub struct World {
@@ -254,8 +303,10 @@ impl World {
         let source = Arc::new(MemorySource::with_entities([task_schema(None), note_schema()]).unwrap());
         let connector = MemoryConnector::new();
         connector.register("crm", source.clone());
-        let (store, keep): (Arc<dyn StagingStore>, Box<dyn std::any::Any + Send + Sync>) = match backend {
-            Backend::Memory => (Arc::new(MemoryStagingStore::new()), Box::new(())),
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StagingStore> = match backend {
+            Backend::Memory => Arc::new(MemoryStagingStore::new()),
+            Backend::Http => Arc::new(storage_sqlite::SqliteStagingStore::open(dir.path()).await.unwrap()),
         };
         let queue = Arc::new(MemoryQueue::new());
         let sources = Arc::new(SourceCache::new(Arc::new(connector.clone())));
@@ -268,12 +319,18 @@ impl World {
         let org = OrgConfig::new(OrgId::new(ORG).unwrap(), MemoryConnector::config("crm"));
         service.provision(&admin(), org).await.unwrap();
         assert!(provisioner.run_once().await.unwrap());
-        let connect: Connect = match backend {
+        let (connect, keep): (Connect, Box<dyn std::any::Any + Send + Sync>) = match backend {
             Backend::Memory => {
                 let service = service.clone();
-                Arc::new(move |p: &Principal| {
+                let connect: Connect = Arc::new(move |p: &Principal| {
                     Arc::new(InProcessTransport::new(service.clone(), p.clone())) as _
-                })
+                });
+                (connect, Box::new(dir))
+            }
+            Backend::Http => {
+                let (url, server) = serve(&service).await;
+                let connect: Connect = Arc::new(move |p: &Principal| http_transport(&url, p));
+                (connect, Box::new((server, dir)))
             }
         };
         let mut rng = Rng::new(seed ^ 0xC0FFEE);
@@ -599,6 +656,28 @@ impl World {
                 eprintln!("membership: {:?}", q.rows);
                 let q = c.client.query("SELECT * FROM \"sync:partitions\"", vec![]).await.unwrap();
                 eprintln!("partitions: {:?}", q.rows);
+                let t = (self.connect)(&principal_with(c.user, c.flipped));
+                let mut cursor = None;
+                loop {
+                    let p = t
+                        .pull(&sync_core::protocol::PullRequest {
+                            cursor: cursor.clone(),
+                            limit: Some(1000),
+                            wait_ms: None,
+                        })
+                        .await
+                        .unwrap();
+                    for b in &p.batches {
+                        let ids: Vec<_> =
+                            b.puts.iter().map(|r| r[0].canonical_text()).zip(b.versions.iter()).collect();
+                        eprintln!("fresh pull: {} puts {:?} removes {:?}", b.partition, ids, b.removes);
+                    }
+                    cursor = Some(p.cursor.clone());
+                    if !p.has_more {
+                        eprintln!("fresh pull checksums: {:?}", p.checksums);
+                        break;
+                    }
+                }
             }
             panic!(
                 "{ctx}: client {} diverged: missing {missing:?}, extra {extra:?}, stale {stale:?}",
