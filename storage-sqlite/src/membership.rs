@@ -233,7 +233,13 @@ impl<'c> MembershipWriter<'c> {
         let version = put.unwrap_or(seq);
         self.pending.insert(
             entry_id(pid, seq_i)?,
-            (m.eid, m.rid, version_param(version)?, put.is_none(), put.is_none().then(|| m.row_id.as_str().to_owned())),
+            (
+                m.eid,
+                m.rid,
+                version_param(version)?,
+                put.is_none(),
+                put.is_none().then(|| m.row_id.as_str().to_owned()),
+            ),
         );
         if put.is_some() {
             self.delta(pid, m, version, true);

@@ -605,7 +605,10 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
                 None => None,
             };
             let Some(prev) = prev else {
-                return Err(StoreError::Corrupt(format!("row '{}' of '{entity}' is neither new nor staged", row.id)));
+                return Err(StoreError::Corrupt(format!(
+                    "row '{}' of '{entity}' is neither new nor staged",
+                    row.id
+                )));
             };
             if prev.staged.row.values == row.values {
                 outcome.unchanged += 1;
