@@ -16,8 +16,8 @@
 //! a counter value (the org's `seq`) when a transaction asks for it, but
 //! transactions commit in whatever order they finish: writer A takes seq 10,
 //! writer B takes seq 11 and commits first, a reader pulls up to 11, then A
-//! commits 10 — and the reader's cursor has passed it for good. The store
-//! therefore takes an application lock per org, `sp_getapplock` with
+//! commits 10 — and the reader's cursor has passed it for good. The staging
+//! store (not yet part of this crate; its statements are in [`sql`]) therefore takes an application lock per org, `sp_getapplock` with
 //! `@LockMode = 'Exclusive', @LockOwner = 'Transaction'`
 //! ([`sql::TAKE_ORG_LOCK`] on [`sql::org_lock_resource`]), as the first
 //! statement of every staging write transaction, and allocates seqs only
