@@ -1,0 +1,126 @@
+//! A small connection pool for tiberius 0.13 (no published pool supports it
+//! yet): at most `size` connections, idle ones reused, a connection whose
+//! command failed at the transport level or timed out discarded.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tiberius::Client;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+
+use crate::error::{MssqlError, R};
+
+/// A TDS client over a tokio TCP stream.
+pub(crate) type Conn = Client<Compat<TcpStream>>;
+
+/// Opens one connection: TCP connect and the TDS handshake (pre-login, TLS,
+/// login), both bounded by `timeout`.
+pub(crate) async fn connect(config: &tiberius::Config, timeout: Duration) -> R<Conn> {
+    let addr = config.get_addr();
+    let open = async {
+        let tcp = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| MssqlError::Connect { addr: addr.clone(), source })?;
+        tcp.set_nodelay(true).map_err(|source| MssqlError::Connect { addr: addr.clone(), source })?;
+        Ok::<_, MssqlError>(Client::connect(config.clone(), tcp.compat_write()).await?)
+    };
+    match tokio::time::timeout(timeout, open).await {
+        Ok(r) => r,
+        Err(_) => Err(MssqlError::ConnectTimeout { addr, after: timeout }),
+    }
+}
+
+struct Shared {
+    config: tiberius::Config,
+    idle: Mutex<Vec<Conn>>,
+    permits: Arc<Semaphore>,
+    connect_timeout: Duration,
+}
+
+/// The pool. Cloning shares it.
+#[derive(Clone)]
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+}
+
+/// A connection checked out of the pool; returned on drop unless
+/// [`Pooled::discard`]ed.
+pub(crate) struct Pooled {
+    conn: Option<Conn>,
+    /// Set while a command runs: a connection dropped mid-command (its
+    /// future cancelled) is out of step with the server and is discarded.
+    busy: bool,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pool {
+    pub(crate) fn new(config: tiberius::Config, size: usize, connect_timeout: Duration) -> Self {
+        Pool {
+            shared: Arc::new(Shared {
+                config,
+                idle: Mutex::new(Vec::new()),
+                permits: Arc::new(Semaphore::new(size.max(1))),
+                connect_timeout,
+            }),
+        }
+    }
+
+    /// A connection: an idle one, or a new one when none is idle. Waits at
+    /// most the connect timeout for a free slot.
+    pub(crate) async fn get(&self) -> R<Pooled> {
+        let wait = self.shared.connect_timeout;
+        let permit = tokio::time::timeout(wait, self.shared.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| MssqlError::PoolTimeout(wait))?
+            .map_err(|_| MssqlError::PoolTimeout(wait))?;
+        let idle = self.shared.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+        let conn = match idle {
+            Some(c) => c,
+            None => connect(&self.shared.config, self.shared.connect_timeout).await?,
+        };
+        Ok(Pooled { conn: Some(conn), busy: false, shared: self.shared.clone(), _permit: permit })
+    }
+}
+
+impl Pooled {
+    /// The client.
+    pub(crate) fn client(&mut self) -> R<&mut Conn> {
+        self.conn.as_mut().ok_or_else(|| MssqlError::Decode("the pooled connection was discarded".into()))
+    }
+
+    /// Runs `f` on the connection; a transport failure (I/O, timeout,
+    /// protocol) discards the connection, since it may be mid-response.
+    pub(crate) async fn run<T, F>(&mut self, f: F) -> R<T>
+    where
+        F: AsyncFnOnce(&mut Conn) -> R<T>,
+    {
+        self.busy = true;
+        let result = f(self.client()?).await;
+        self.busy = false;
+        if let Err(MssqlError::Tds(e)) = &result
+            && !matches!(e, tiberius::error::Error::Server(_))
+        {
+            self.discard();
+        }
+        result
+    }
+
+    /// Drops the connection instead of returning it to the pool.
+    pub(crate) fn discard(&mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take()
+            && !self.busy
+            && let Ok(mut idle) = self.shared.idle.lock()
+        {
+            idle.push(c);
+        }
+    }
+}
