@@ -43,15 +43,12 @@ mod server {
 mod skipped {
     macro_rules! skipped {
         ($($check:ident),+ $(,)?) => {$(
+            // Reported by `cargo test` as ignored, with the reason, so a
+            // skipped check is never counted as a pass.
             #[test]
-            fn $check() {
-                eprintln!(
-                    "skipped: {}: MSSQL_TEST_URL is not set, so there is no SQL Server to run the \
-                     work-queue conformance suite against (no SQL Server can run on this machine); \
-                     set it to an ADO.NET connection string to run it",
-                    stringify!($check)
-                );
-            }
+            #[ignore = "skipped: MSSQL_TEST_URL is not set, so there is no SQL Server to run the work-queue \
+                        conformance suite against; set it to an ADO.NET connection string to run it"]
+            fn $check() {}
         )+};
     }
     skipped!(
