@@ -235,3 +235,66 @@ async fn every_message_handled_twice_gives_the_same_state() {
     assert_eq!(ids.len(), 4);
     assert!(!ids.contains(&RowId::new("r1").unwrap()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_stages_in_the_background_and_stops_without_leaving_leases() {
+    use sync_core::engine::{WorkerRunner, WorkerSet};
+    let source = Arc::new(MemorySource::with_entities([account()]).unwrap());
+    for i in 0..30 {
+        source.upsert("account", row(&format!("r{i}"), "x")).unwrap();
+    }
+    // Slow pages so a run is in flight when the stop comes.
+    source.set_latency(Duration::from_millis(20));
+    let connector = MemoryConnector::new();
+    connector.register("crm", source.clone());
+    let store = Arc::new(MemoryStagingStore::new());
+    let queue = Arc::new(MemoryQueue::new());
+    let sources = Arc::new(SourceCache::new(Arc::new(connector)));
+    let config =
+        WorkerConfig { idle_poll: Duration::from_millis(10), page_size: 2, ..WorkerConfig::default() };
+    let runner = WorkerRunner::start(
+        store.clone(),
+        queue.clone(),
+        sources,
+        config,
+        WorkerSet { provisioners: 1, stagers: 2 },
+    );
+    let event = ProvisioningEvent::Provision { org: OrgConfig::new(org(), MemoryConnector::config("crm")) };
+    queue.send(&q(PROVISIONING_QUEUE), Message::json(&event).unwrap()).await.unwrap();
+    // Wait until staging has started, then stop mid-run.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(h) = store.org(&org()).await
+            && !h.row_ids(&account().name, None, 1).await.unwrap_or_default().is_empty()
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the workers never staged anything");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    runner.shutdown().await;
+    for name in [PROVISIONING_QUEUE, DATASYNC_QUEUE] {
+        let depth = queue.depth(&q(name)).await.unwrap();
+        assert_eq!(depth.leased, 0, "no lease left on {name}: {depth:?}");
+        assert_eq!(depth.dead, 0, "{depth:?}");
+    }
+    // The interrupted item is ready again; a new runner finishes the entity.
+    let runner = WorkerRunner::start(
+        store.clone(),
+        queue.clone(),
+        Arc::new(SourceCache::new(Arc::new({
+            let c = MemoryConnector::new();
+            c.register("crm", source.clone());
+            c
+        }))),
+        WorkerConfig { idle_poll: Duration::from_millis(10), page_size: 2, ..WorkerConfig::default() },
+        WorkerSet::default(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let handle = store.org(&org()).await.unwrap();
+    while handle.row_ids(&account().name, None, 100).await.unwrap().len() < 30 {
+        assert!(std::time::Instant::now() < deadline, "the restarted workers did not finish the entity");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    runner.shutdown().await;
+}

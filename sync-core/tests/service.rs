@@ -1,5 +1,5 @@
 //! SyncService edge cases: cursors, limits, authorization and push validation.
-#![cfg(feature = "memory")]
+#![cfg(all(feature = "memory", feature = "mock"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -202,4 +202,64 @@ async fn uploads_are_limited_to_held_rows() {
     let r = rig.service.push(&rep("u1"), &org(), &PushRequest { mutations: vec![m] }).await.unwrap();
     assert!(matches!(r.results[0].outcome, MutationOutcome::Rejected { .. }), "{:?}", r.results[0]);
     assert!(rig.source.row("task", "c").unwrap().get("n").unwrap().is_null());
+}
+
+#[tokio::test]
+async fn a_custom_conflict_resolver_decides() {
+    use sync_core::conflict::MockConflictResolver;
+    let meta = EntityMetadata::new(
+        EntityName::new("task").unwrap(),
+        col("id"),
+        vec![
+            Attribute::new(col("id"), AttributeType::String),
+            Attribute::new(col("owner"), AttributeType::String),
+            Attribute::new(col("n"), AttributeType::Integer),
+        ],
+    )
+    .unwrap();
+    let source = Arc::new(MemorySource::with_entities([meta]).unwrap());
+    source.upsert("task", Row::new(RowId::new("a").unwrap(), [(col("owner"), Value::from("u1"))])).unwrap();
+    let connector = MemoryConnector::new();
+    connector.register("crm", source.clone());
+    let store = Arc::new(MemoryStagingStore::new());
+    let queue = Arc::new(MemoryQueue::new());
+    let sources = Arc::new(SourceCache::new(Arc::new(connector.clone())));
+    // The resolver doubles the client's value, and is asked once.
+    let mut resolver = MockConflictResolver::new();
+    resolver.expect_resolve().times(1).returning(|ctx| {
+        let n = match ctx.mutation.values.get("n") {
+            Some(Value::Integer(n)) => *n,
+            _ => 0,
+        };
+        Ok(Resolution::Apply([(ColumnName::new("n").unwrap(), Value::Integer(n * 2))].into()))
+    });
+    let service = SyncService::builder(store.clone(), queue.clone(), Arc::new(connector), "secret")
+        .source_cache(sources.clone())
+        .resolver("doubler", Arc::new(resolver))
+        .build();
+    let provisioner =
+        Provisioner::new(store.clone(), queue.clone(), sources.clone(), WorkerConfig::default());
+    let stager = StagingSync::new(store, queue, sources, WorkerConfig::default());
+    service.provision(&admin(), OrgConfig::new(org(), MemoryConnector::config("crm"))).await.unwrap();
+    assert!(provisioner.run_once().await.unwrap());
+    let mut item = ProfileItem::new(EntityName::new("task").unwrap(), "owner eq @user.id");
+    item.allow_upload = true;
+    item.conflict = ConflictPolicy::Custom { resolver: "doubler".into() };
+    let profile = Profile {
+        name: ProfileName::new("reps").unwrap(),
+        roles: ["rep".into()].into(),
+        items: vec![item.clone()],
+    };
+    service.put_profile(&admin(), &org(), &profile).await.unwrap();
+    while stager.run_once(None).await.unwrap() {}
+    // An unregistered resolver is refused when the profile is saved.
+    let mut bad = profile.clone();
+    bad.items[0].conflict = ConflictPolicy::Custom { resolver: "nobody".into() };
+    assert_eq!(kind(service.put_profile(&admin(), &org(), &bad).await), ErrorKind::InvalidInput);
+    // A stale base version is a conflict: the resolver's merge is written.
+    let mut m = mutation(MutationId::new_v4(), "a", MutationOp::Update, 21);
+    m.base_version = Some(Seq(0));
+    let r = service.push(&rep("u1"), &org(), &PushRequest { mutations: vec![m] }).await.unwrap();
+    assert!(matches!(r.results[0].outcome, MutationOutcome::Applied { .. }), "{:?}", r.results[0]);
+    assert_eq!(source.row("task", "a").unwrap().get("n"), Some(&Value::Integer(42)));
 }
