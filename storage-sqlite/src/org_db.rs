@@ -96,8 +96,9 @@ CREATE TABLE IF NOT EXISTS _sync_mutations (
 );
 ";
 
-/// Creates (or opens and completes) an org's database file.
-pub(crate) fn create_file(path: &Path, settings: &ConnSettings) -> R<()> {
+/// Creates (or opens and completes) an org's database file; returns the
+/// connection (to keep as the org's writer), its incarnation and head.
+pub(crate) fn create_file(path: &Path, settings: &ConnSettings) -> R<(Connection, String, Seq)> {
     let mut conn = open(path, settings, true, false)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(ORG_DDL)?;
@@ -114,7 +115,8 @@ pub(crate) fn create_file(path: &Path, settings: &ConnSettings) -> R<()> {
         )));
     }
     tx.commit()?;
-    Ok(())
+    let facts = (incarnation(&conn)?, head(&conn)?);
+    Ok((conn, facts.0, facts.1))
 }
 
 fn meta_get(conn: &Connection, key: &str) -> R<i64> {

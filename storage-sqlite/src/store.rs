@@ -240,6 +240,37 @@ impl Inner {
         org_path(&self.dir, org)
     }
 
+    /// The live incarnation of `org`, made from the facts read through
+    /// `writer` when there is none yet; `writer` becomes the org's cached
+    /// writer connection (so opening an org costs no extra open and close).
+    /// Blocking: call on the blocking pool.
+    fn attach(&self, org: &OrgId, incarnation: String, head: Seq, writer: Connection) -> Arc<OrgShared> {
+        let shared = {
+            let mut live = lock(&self.live);
+            if let Some(s) = live.get(org) {
+                return s.clone();
+            }
+            let shared = Arc::new(OrgShared {
+                id: org.clone(),
+                incarnation,
+                path: self.org_path(org),
+                head: watch::channel(head).0,
+                gate: tokio::sync::RwLock::new(false),
+                alive: Arc::new(()),
+            });
+            live.insert(org.clone(), shared.clone());
+            shared
+        };
+        let (db, evicted) = lock(&self.cache).get(&shared, &self.settings, self.options.readers_per_org);
+        let mut slot = lock(&db.writer);
+        if slot.is_none() {
+            *slot = Some(writer);
+        }
+        drop(slot);
+        drop(evicted);
+        shared
+    }
+
     /// The org's open databases, opening (lazily) and evicting as needed.
     fn db(&self, shared: &OrgShared) -> Arc<OrgDb> {
         let (db, evicted) = lock(&self.cache).get(shared, &self.settings, self.options.readers_per_org);
@@ -387,23 +418,14 @@ impl SqliteStagingStore {
         if !exists {
             return Err(Error::not_found(format!("org '{org}'")));
         }
-        let path = self.inner.org_path(org);
-        let settings = self.inner.settings.clone();
-        let (incarnation, head) = blocking(move || {
-            let conn = open(&path, &settings, false, true)?;
-            Ok((org_db::incarnation(&conn)?, org_db::head(&conn)?))
+        let inner = self.inner.clone();
+        let id = org.clone();
+        blocking(move || {
+            let conn = open_org(&inner.org_path(&id), &inner.settings, false)?;
+            let (incarnation, head) = (org_db::incarnation(&conn)?, org_db::head(&conn)?);
+            Ok(inner.attach(&id, incarnation, head, conn))
         })
-        .await?;
-        let shared = Arc::new(OrgShared {
-            id: org.clone(),
-            incarnation,
-            path: self.inner.org_path(org),
-            head: watch::channel(head).0,
-            gate: tokio::sync::RwLock::new(false),
-            alive: Arc::new(()),
-        });
-        lock(&self.inner.live).insert(org.clone(), shared.clone());
-        Ok(shared)
+        .await
     }
 }
 
@@ -459,7 +481,7 @@ impl StagingStore for SqliteStagingStore {
         let config = config.clone();
         blocking(move || {
             let path = inner.org_path(&config.id);
-            org_db::create_file(&path, &inner.settings)?;
+            let (conn, incarnation, head) = org_db::create_file(&path, &inner.settings)?;
             let json = serde_json::to_string(&config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             lock(&inner.control)
                 .prepare_cached(
@@ -467,6 +489,7 @@ impl StagingStore for SqliteStagingStore {
                      ON CONFLICT (id) DO UPDATE SET config = excluded.config",
                 )?
                 .execute(rusqlite::params![config.id.as_str(), json])?;
+            inner.attach(&config.id, incarnation, head, conn);
             Ok(())
         })
         .await
