@@ -757,8 +757,8 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
         }
         if *pos != Seq::ZERO && *pos < floor {
             return Err(Error::resync(format!(
-                "position {pos} of partition '{key}' is below the tombstone floor {floor}; removes it \
-                 needs were purged"
+                "position {pos} of partition '{key}' is older than the tombstone window (floor {floor}); \
+                 removes it needs were purged"
             ))
             .into());
         }

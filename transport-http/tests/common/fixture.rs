@@ -24,6 +24,8 @@ pub const CURSOR_SECRET: &[u8] = b"router tests: cursor secret";
 pub enum Backend {
     /// `MemoryStagingStore` and `MemoryQueue`.
     Memory,
+    /// `SqliteStagingStore` and `SqliteQueue` in a temporary directory.
+    Sqlite,
 }
 
 pub fn col(s: &str) -> ColumnName {
@@ -86,6 +88,8 @@ pub struct Fixture {
     pub contoso_source: Arc<MemorySource>,
     pub fabrikam_source: Arc<MemorySource>,
     pub backend: Backend,
+    /// The SQLite backend's data directory, removed when the fixture drops.
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl Fixture {
@@ -94,8 +98,21 @@ impl Fixture {
     }
 
     pub async fn start_with(backend: Backend, options: Options) -> Fixture {
+        let mut dir = None;
         let (store, queue): (Arc<dyn StagingStore>, Arc<dyn WorkQueue>) = match backend {
             Backend::Memory => (Arc::new(MemoryStagingStore::new()), Arc::new(MemoryQueue::new())),
+            Backend::Sqlite => {
+                let d = tempfile::tempdir().unwrap();
+                let store = storage_sqlite::SqliteStagingStore::open(d.path().join("staging")).await.unwrap();
+                let queue = storage_sqlite::SqliteQueue::open_in_dir(
+                    d.path(),
+                    storage_sqlite::QueueOptions::default(),
+                )
+                .await
+                .unwrap();
+                dir = Some(d);
+                (Arc::new(store), Arc::new(queue))
+            }
         };
         let connector = Arc::new(MemoryConnector::new());
         let contoso_source = Arc::new(MemorySource::with_entities([account()]).unwrap());
@@ -118,7 +135,8 @@ impl Fixture {
             None => Arc::new(JwtAuthenticator::hs256(SECRET.to_vec()).unwrap()),
         };
         let url = serve(router(service.clone(), auth, options.http.clone())).await;
-        let fixture = Fixture { url, service, store, queue, contoso_source, fabrikam_source, backend };
+        let fixture =
+            Fixture { url, service, store, queue, contoso_source, fabrikam_source, backend, _dir: dir };
         fixture.add_account("contoso", "a1", "Alpha", "alice", 100).await;
         fixture.add_account("contoso", "a2", "Acme", "alice", 200).await;
         fixture.add_account("contoso", "b1", "Beta", "bob", 300).await;
@@ -283,6 +301,14 @@ macro_rules! across_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::fixture::Backend::Memory).await
+                }
+            )+
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::fixture::Backend::Sqlite).await
                 }
             )+
         }
