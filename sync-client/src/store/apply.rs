@@ -355,8 +355,8 @@ impl PageBatch<'_> {
                     )));
                 }
                 let mut typed = Vec::with_capacity(values.len());
-                for (v, ty) in values.iter().zip(&types) {
-                    let v = v.clone().coerce(ty).map_err(|e| {
+                for (i, (v, ty)) in values.iter().zip(&types).enumerate() {
+                    let v = wire_value(v, ty, i == 0).map_err(|e| {
                         ClientError::protocol(format!(
                             "a value of '{}' does not fit its column: {e}",
                             batch.entity
@@ -571,6 +571,28 @@ impl PageBatch<'_> {
         self.tx.execute("DELETE FROM \"sync:sweep\"", [])?;
         Ok(())
     }
+}
+
+/// A value from the wire, checked against its column's type and ready to
+/// bind. The key is brought to its canonical form (it names the row);
+/// other text-stored values (UUIDs, datetimes, decimals) are checked and
+/// kept as the server wrote them — a server writes them canonically — to
+/// spare a parse-and-format round per value on a long download.
+fn wire_value(v: &Value, ty: &AttributeType, key: bool) -> sync_core::Result<Value> {
+    if !key && let Value::String(s) = v {
+        let ok = match ty {
+            AttributeType::Uuid | AttributeType::Lookup { .. } => uuid::Uuid::try_parse(s).is_ok(),
+            AttributeType::DateTime => {
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
+            }
+            AttributeType::Decimal => s.parse::<rust_decimal::Decimal>().is_ok(),
+            _ => false,
+        };
+        if ok {
+            return Ok(v.clone());
+        }
+    }
+    v.clone().coerce(ty)
 }
 
 /// The insert (`INSERT OR IGNORE`) and the update by key (`?1`) of the
