@@ -19,11 +19,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), host_service::run::HostError> {
-//! use host_service::run::{HostConfig, HostService};
+//! use host_service::run::{self, HostConfig};
 //!
-//! let config = HostConfig::new("./data/host-service");
-//! let keys = HostService::demo_keys();
-//! let host = HostService::start(config, &keys).await?;
+//! let grants = run::demo_grants();
+//! let host = run::start(HostConfig::new("./data/host-service"), &grants).await?;
 //! println!("listening on http://{}", host.addr());
 //! transport_http::serve::shutdown_signal().await;
 //! host.shutdown().await?;
