@@ -20,16 +20,7 @@ use crate::error::{R, StoreError};
 /// quoting (with embedded quotes doubled) is the second line of defence and
 /// keeps names that happen to be SQL keywords usable.
 pub(crate) fn quote(ident: &str) -> String {
-    let mut s = String::with_capacity(ident.len() + 2);
-    s.push('"');
-    for c in ident.chars() {
-        if c == '"' {
-            s.push('"');
-        }
-        s.push(c);
-    }
-    s.push('"');
-    s
+    sync_core::ids::quote_sql_identifier(ident)
 }
 
 /// The SQLite column type of an attribute type. Declared types are chosen so

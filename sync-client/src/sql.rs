@@ -20,16 +20,7 @@ use crate::error::{ClientError, Result};
 /// validated identifiers; quoting keeps keywords (`order`, `group`) working
 /// and makes the internal `sync:` tables impossible to collide with.
 pub(crate) fn quote(ident: &str) -> String {
-    let mut s = String::with_capacity(ident.len() + 2);
-    s.push('"');
-    for c in ident.chars() {
-        if c == '"' {
-            s.push('"');
-        }
-        s.push(c);
-    }
-    s.push('"');
-    s
+    sync_core::ids::quote_sql_identifier(ident)
 }
 
 /// The SQLite column type of an attribute type.

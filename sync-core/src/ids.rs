@@ -37,6 +37,23 @@ pub fn validate_identifier(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Double-quotes an identifier for SQL (ANSI quoting, embedded quotes
+/// doubled). Identifiers reaching SQL are validated names already; quoting
+/// is the second line of defence and keeps names that are keywords usable.
+/// Shared by every SQL-speaking crate so the rule lives in one place.
+pub fn quote_sql_identifier(ident: &str) -> String {
+    let mut s = String::with_capacity(ident.len() + 2);
+    s.push('"');
+    for c in ident.chars() {
+        if c == '"' {
+            s.push('"');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}
+
 macro_rules! identifier {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
@@ -286,6 +303,12 @@ mod tests {
         assert!(serde_json::from_str::<OrgId>("\"bad org\"").is_err());
         assert!(serde_json::from_str::<RowId>("\"\"").is_err());
         assert!(serde_json::from_str::<RowId>("\"a\\u0000\"").is_err());
+    }
+
+    #[test]
+    fn quoting_doubles_embedded_quotes() {
+        assert_eq!(quote_sql_identifier("order"), "\"order\"");
+        assert_eq!(quote_sql_identifier("a\"b"), "\"a\"\"b\"");
     }
 
     #[test]
