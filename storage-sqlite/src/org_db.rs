@@ -743,7 +743,6 @@ fn recompute(tx: &Transaction<'_>, entities: &BTreeSet<EntityName>) -> R<Seq> {
 pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
     let tx = conn.transaction()?;
     let head = head(&tx)?;
-    let floor = tombstone_floor(&tx)?;
     let mut seen = BTreeSet::new();
     for (key, pos) in &plan.partitions {
         if !seen.insert(key) {
@@ -752,13 +751,6 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
         if *pos > head {
             return Err(Error::resync(format!(
                 "position {pos} of partition '{key}' is beyond the head {head}"
-            ))
-            .into());
-        }
-        if *pos != Seq::ZERO && *pos < floor {
-            return Err(Error::resync(format!(
-                "position {pos} of partition '{key}' is older than the tombstone window (floor {floor}); \
-                 removes it needs were purged"
             ))
             .into());
         }

@@ -41,6 +41,14 @@ pub struct Cursor {
     /// Position per partition: every change with a seq at or below it has
     /// been delivered.
     pub positions: BTreeMap<PartitionKey, Seq>,
+    /// Per partition, the head when the client was last fully caught up on
+    /// it (or, for a partition still in its first read, the head of that
+    /// read's first page). Every row the client holds through the partition
+    /// was read when the head was at least this, so a remove it could need
+    /// has a greater seq: the partition is safe while the tombstone floor
+    /// has not passed this value. Absent: the position itself.
+    #[serde(default)]
+    pub since: BTreeMap<PartitionKey, Seq>,
 }
 
 impl Cursor {
@@ -52,6 +60,7 @@ impl Cursor {
             incarnation: String::new(),
             schema_version: 0,
             positions: BTreeMap::new(),
+            since: BTreeMap::new(),
         }
     }
 }

@@ -221,8 +221,13 @@ pub trait OrgStaging: Send + Sync {
     /// Reads membership ops after each partition's position, from one
     /// consistent snapshot, within the plan's budgets.
     ///
-    /// Errors: `ResyncRequired` when a non-zero position is below the
-    /// tombstone floor (removes it needs were purged) or beyond the head.
+    /// A position below the tombstone floor is read as asked: only the
+    /// caller knows whether the client could have needed the purged removes
+    /// (a client in the middle of its first read of a partition did not),
+    /// so the floor check belongs to it (see `SyncService::pull`).
+    ///
+    /// Errors: `ResyncRequired` for a position beyond the head; `InvalidInput`
+    /// for a partition planned twice.
     async fn pull(&self, plan: &PullPlan) -> Result<PullPage>;
 
     /// The org's latest committed seq.
@@ -236,7 +241,9 @@ pub trait OrgStaging: Send + Sync {
     /// tombstone floor to `up_to`. Returns how many were deleted.
     async fn purge_tombstones(&self, up_to: Seq) -> Result<u64>;
 
-    /// Positions below this seq (other than zero) can no longer be honoured.
+    /// Removes with a seq at or below this may have been purged: a client
+    /// that could hold a row they removed, and has not read past the floor,
+    /// must resync.
     async fn tombstone_floor(&self) -> Result<Seq>;
 
     /// The recorded result of a mutation, if it was seen before.

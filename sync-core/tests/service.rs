@@ -263,3 +263,40 @@ async fn a_custom_conflict_resolver_decides() {
     assert!(matches!(r.results[0].outcome, MutationOutcome::Applied { .. }), "{:?}", r.results[0]);
     assert_eq!(source.row("task", "a").unwrap().get("n"), Some(&Value::Integer(42)));
 }
+
+#[tokio::test]
+async fn a_first_read_survives_a_purge_but_a_stale_copy_resyncs() {
+    let rig = rig().await;
+    let staging = rig.service.store().org(&org()).await.unwrap();
+    // u1 reads everything: its copy is whole at the current head.
+    let whole = rig.service.pull(&rep("u1"), &org(), &PullRequest::default()).await.unwrap();
+    // A row u1 holds leaves, and its remove is purged.
+    rig.source.delete("task", "a").unwrap();
+    while rig.stager.run_once(None).await.unwrap() {}
+    rig.service.sync_now(&admin(), &org(), None).await.unwrap();
+    while rig.stager.run_once(None).await.unwrap() {}
+    let head = staging.head().await.unwrap();
+    staging.purge_tombstones(head).await.unwrap();
+    let stale = PullRequest { cursor: Some(whole.cursor), ..PullRequest::default() };
+    assert_eq!(
+        kind(rig.service.pull(&rep("u1"), &org(), &stale).await),
+        ErrorKind::ResyncRequired,
+        "u1's copy predates the floor and could miss the purged remove"
+    );
+    // A device starting now reads page by page across the old seqs.
+    let mut cursor = None;
+    let mut rows = 0;
+    loop {
+        let r = rig
+            .service
+            .pull(&rep("u1"), &org(), &PullRequest { cursor: cursor.clone(), limit: Some(1), wait_ms: None })
+            .await
+            .expect("a first read is never refused for the floor");
+        rows += r.batches.iter().map(|b| b.puts.len()).sum::<usize>();
+        cursor = Some(r.cursor);
+        if !r.has_more {
+            break;
+        }
+    }
+    assert_eq!(rows, 1, "only b is left for u1");
+}

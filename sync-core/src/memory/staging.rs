@@ -567,12 +567,6 @@ impl OrgState {
                     "position {position} of partition '{key}' is beyond the head {head}"
                 )));
             }
-            if *position != Seq::ZERO && *position < self.tombstone_floor {
-                return Err(Error::resync(format!(
-                    "position {position} of partition '{key}' is older than the tombstone window (floor {})",
-                    self.tombstone_floor
-                )));
-            }
         }
         let max_rows = plan.max_rows.max(1);
         let mut changes: Vec<PulledChange> = Vec::new();

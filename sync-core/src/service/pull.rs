@@ -54,6 +54,20 @@ impl SyncService {
             }
         };
         let keys: Vec<PartitionKey> = view.partitions.iter().map(|p| p.key()).collect();
+        // A partition is safe to continue while the tombstone floor has not
+        // passed the head at which the client's copy of it was last whole.
+        if cursor.positions.values().any(|p| *p != Seq::ZERO) {
+            let floor = view.org.tombstone_floor().await?;
+            for (key, position) in &cursor.positions {
+                let since = cursor.since.get(key).copied().unwrap_or(*position);
+                if *position != Seq::ZERO && since < floor && keys.contains(key) {
+                    return Err(Error::resync(format!(
+                        "partition '{key}' was last complete at {since}, older than the tombstone window \
+                         (floor {floor}): removes it needs were purged"
+                    )));
+                }
+            }
+        }
         let plan = PullPlan {
             partitions: keys
                 .iter()
@@ -141,12 +155,26 @@ impl SyncService {
             }
         }
         let mut positions: BTreeMap<PartitionKey, Seq> = BTreeMap::new();
+        let mut since: BTreeMap<PartitionKey, Seq> = BTreeMap::new();
         for (k, s) in page.positions {
+            let caught_up = s == page.head;
+            let first_read = cursor.positions.get(&k).is_none_or(|p| *p == Seq::ZERO);
+            let previous = cursor.since.get(&k).copied().or_else(|| cursor.positions.get(&k).copied());
+            let value = match (caught_up, first_read, previous) {
+                (true, _, _) => s,
+                (false, true, _) | (false, false, None) => page.head,
+                (false, false, Some(p)) => p,
+            };
+            if s != Seq::ZERO {
+                since.insert(k.clone(), value);
+            }
             positions.insert(k, s);
         }
         // Partitions the caller no longer holds are dropped from the cursor.
         positions.retain(|k, _| keys.contains(k));
+        since.retain(|k, _| positions.contains_key(k));
         cursor.positions = positions;
+        cursor.since = since;
         cursor.schema_version = view.schema_version;
         cursor.incarnation = view.org.incarnation();
         let entities: std::collections::BTreeSet<_> = view.partitions.iter().map(|p| &p.entity).collect();
