@@ -220,7 +220,13 @@ async fn push(state: AppState, named: Named, request: Request) -> Result<Respons
     let (org, principal) = admit(&state, named, Op::Push, &parts).await?;
     let request = Request::from_parts(parts, body);
     let body: PushRequest = json_object(request).await?;
-    let response = state.service().push(&principal, &org, &body).await?;
+    // A push runs to the end even if the client goes away: cancelled
+    // between the write-back and the journal entry, a retry would apply
+    // the same edit twice.
+    let service = state.service().clone();
+    let response = tokio::spawn(async move { service.push(&principal, &org, &body).await })
+        .await
+        .map_err(|e| sync_core::Error::internal(format!("the push task ended abnormally: {e}")))??;
     if let Some(metrics) = state.metrics() {
         for result in &response.results {
             metrics.mutation(match result.outcome {
