@@ -739,6 +739,23 @@ fn recompute(tx: &Transaction<'_>, entities: &BTreeSet<EntityName>) -> R<Seq> {
     Ok(head)
 }
 
+/// Adds a pulled op to the page unless its `size` would break the byte
+/// budget; the first op of a page always fits. Returns whether it was added.
+fn take(
+    changes: &mut Vec<PulledChange>,
+    bytes: &mut usize,
+    max_bytes: usize,
+    size: usize,
+    change: PulledChange,
+) -> bool {
+    if !changes.is_empty() && bytes.saturating_add(size) > max_bytes {
+        return false;
+    }
+    *bytes = bytes.saturating_add(size);
+    changes.push(change);
+    true
+}
+
 /// Reads a pull page from one snapshot.
 pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
     let tx = conn.transaction()?;
@@ -819,19 +836,18 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                     let size = staged.row.approx_size();
                     (staged.row.id.clone(), Some(staged), size)
                 };
-                if !changes.is_empty() && bytes.saturating_add(size) > plan.max_bytes {
-                    more = true;
-                    break;
-                }
-                bytes = bytes.saturating_add(size);
-                last = seq;
-                changes.push(PulledChange {
+                let change = PulledChange {
                     partition: key.clone(),
                     entity: table.meta.name.clone(),
                     row_id,
                     seq,
                     row,
-                });
+                };
+                if !take(&mut changes, &mut bytes, plan.max_bytes, size, change) {
+                    more = true;
+                    break;
+                }
+                last = seq;
             }
             positions.push((key.clone(), if more { last } else { head }));
             continue;
@@ -869,19 +885,13 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                 let size = staged.row.approx_size();
                 (staged.row.id.clone(), Some(staged), size)
             };
-            if !changes.is_empty() && bytes.saturating_add(size) > plan.max_bytes {
+            let change =
+                PulledChange { partition: key.clone(), entity: table.meta.name.clone(), row_id, seq, row };
+            if !take(&mut changes, &mut bytes, plan.max_bytes, size, change) {
                 more = true;
                 break;
             }
-            bytes = bytes.saturating_add(size);
             last = seq;
-            changes.push(PulledChange {
-                partition: key.clone(),
-                entity: table.meta.name.clone(),
-                row_id,
-                seq,
-                row,
-            });
         }
         positions.push((key.clone(), if more { last } else { head }));
     }
