@@ -41,29 +41,8 @@ mod server {
 
 #[cfg(not(mssql_test_server))]
 mod skipped {
-    macro_rules! skipped {
-        ($($check:ident),+ $(,)?) => {$(
-            // Reported by `cargo test` as ignored, with the reason, so a
-            // skipped check is never counted as a pass.
-            #[test]
-            #[ignore = "skipped: MSSQL_TEST_URL is not set, so there is no SQL Server to run the work-queue \
-                        conformance suite against; set it to an ADO.NET connection string to run it"]
-            fn $check() {}
-        )+};
-    }
-    skipped!(
-        check_send_receive_complete,
-        check_redelivery_after_lease_expiry,
-        check_extend_keeps_message_hidden,
-        check_abandon_with_delay,
-        check_dedup,
-        check_dead_letter_after_max_deliveries,
-        check_explicit_dead_letter,
-        check_not_before,
-        check_cancel,
-        check_depth_counts,
-        check_queues_are_independent,
-        check_concurrent_consumers_get_each_message_once,
-        check_survives_reopen,
+    sync_core::work_queue_conformance!(
+        skip = "skipped: MSSQL_TEST_URL is not set, so there is no SQL Server to run the work-queue \
+                conformance suite against; set it to an ADO.NET connection string to run it"
     );
 }
