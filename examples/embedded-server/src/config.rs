@@ -187,6 +187,15 @@ impl Config {
             Some(path) => Self::from_file(path)?,
             None => Config::default(),
         };
+        config.apply_overrides(cli)?;
+        Ok(config)
+    }
+
+    /// Applies the flags and environment variables of `cli` (all but
+    /// `--config`) over `self`, then validates the result. For a host that
+    /// reads `self` from a file of its own (the SQL Server example does).
+    pub fn apply_overrides(&mut self, cli: &Cli) -> Result<(), ConfigError> {
+        let config = self;
         if let Some(d) = &cli.data_dir {
             config.data_dir = d.clone();
         }
@@ -211,18 +220,20 @@ impl Config {
         if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
             config.tls = Some(Tls { cert: cert.clone(), key: key.clone() });
         }
-        config.validate()?;
-        Ok(config)
+        config.validate()
     }
 
-    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads a TOML configuration file; keys it leaves out keep their
+    /// defaults, unknown keys are refused.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         toml::from_str(&text)
             .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks ranges: counts and intervals that must be at least 1.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.demo.enabled && (self.demo.accounts == 0 || self.demo.sync_interval_secs == 0) {
             return Err(ConfigError::Invalid(
                 "demo.accounts and demo.sync_interval_secs must be at least 1".into(),

@@ -145,7 +145,7 @@ async fn provision_demo(service: &SyncService, config: &Config) -> Result<(), Se
 fn print_banner(config: &Config, addr: std::net::SocketAddr, jwt_secret: &str) -> Result<(), SetupError> {
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let base = format!("{scheme}://{addr}");
-    println!("offline-sync embedded server listening on {base}");
+    println!("offline-sync server listening on {base}");
     println!("  data directory: {}", config.data_dir.display());
     if !config.demo.enabled {
         return Ok(());
@@ -177,17 +177,19 @@ fn print_banner(config: &Config, addr: std::net::SocketAddr, jwt_secret: &str) -
     Ok(())
 }
 
-/// Runs the server until SIGTERM or Ctrl-C.
-pub async fn run(config: Config) -> Result<(), SetupError> {
+/// Creates the data directory and starts logging to the console and to
+/// JSON files under it. Keep the returned guard alive while the server runs:
+/// dropping it flushes and closes the log file.
+pub fn start_logging(config: &Config) -> Result<tracing_appender::non_blocking::WorkerGuard, SetupError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("creating {}", config.data_dir.display())))?;
-    let _log_guard = init_logging(&config)?;
-    let secrets = load_or_make_secrets(&config.data_dir)?;
-    let jwt_secret =
-        if config.jwt_secret.is_empty() { secrets.jwt_secret } else { config.jwt_secret.clone() };
-    let cursor_secret =
-        if config.cursor_secret.is_empty() { secrets.cursor_secret } else { config.cursor_secret.clone() };
+    init_logging(config)
+}
 
+/// Runs the server on the SQLite store and queue under the data directory
+/// until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> Result<(), SetupError> {
+    let _log_guard = start_logging(&config)?;
     let store: Arc<dyn StagingStore> = Arc::new(
         storage_sqlite::SqliteStagingStore::open(config.data_dir.join("staging"))
             .await
@@ -198,6 +200,36 @@ pub async fn run(config: Config) -> Result<(), SetupError> {
             .await
             .map_err(sync("opening the work queue"))?,
     );
+    run_on(config, store, queue).await
+}
+
+/// Runs the server on the given store and queue until SIGTERM or Ctrl-C:
+/// the demo CRM (if enabled), the workers, the tombstone janitor and the
+/// HTTP endpoints. Secrets left empty in `config` are generated once and kept
+/// in the data directory. Logging is the caller's (see [`start_logging`]).
+///
+/// Several processes may run this over one shared store and queue (the SQL
+/// Server example does): each runs its own workers, which share the queue's
+/// work, and its own janitor, whose purge is idempotent. They must then share
+/// `jwt_secret` and `cursor_secret`, so a cursor or token issued by one is
+/// accepted by all.
+pub async fn run_on(
+    config: Config,
+    store: Arc<dyn StagingStore>,
+    queue: Arc<dyn WorkQueue>,
+) -> Result<(), SetupError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io(format!("creating {}", config.data_dir.display())))?;
+    let (jwt_secret, cursor_secret) = if config.jwt_secret.is_empty() || config.cursor_secret.is_empty() {
+        let secrets = load_or_make_secrets(&config.data_dir)?;
+        (
+            if config.jwt_secret.is_empty() { secrets.jwt_secret } else { config.jwt_secret.clone() },
+            if config.cursor_secret.is_empty() { secrets.cursor_secret } else { config.cursor_secret.clone() },
+        )
+    } else {
+        (config.jwt_secret.clone(), config.cursor_secret.clone())
+    };
+
     let connector = MemoryConnector::new();
     let mut demo_task = None;
     if config.demo.enabled {

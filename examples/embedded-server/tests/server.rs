@@ -37,7 +37,7 @@ fn start(data: &std::path::Path) -> Server {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
-        if let Some(rest) = line.strip_prefix("offline-sync embedded server listening on ") {
+        if let Some(rest) = line.strip_prefix("offline-sync server listening on ") {
             base = Some(rest.trim().to_owned());
         }
         if let Some(rest) = line.trim().strip_prefix("dev token for ") {
