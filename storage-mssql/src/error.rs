@@ -34,6 +34,51 @@ pub(crate) enum MssqlError {
     /// A stored value does not decode into the expected type.
     #[error("a row from SQL Server does not decode: {0}")]
     Decode(String),
+    /// A staged column value does not decode into its attribute type.
+    #[error(transparent)]
+    Column(#[from] DecodeError),
+}
+
+/// A column of a row read from SQL Server whose value does not decode into
+/// the attribute type the entity's schema gives it: the table and the schema
+/// disagree (a column altered by hand, a failed migration). Maps to
+/// `Internal`: the caller's input is not at fault and retrying will not help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("column '{column}' (index {index}) of a row read from SQL Server does not decode: {problem}")]
+pub(crate) struct DecodeError {
+    /// The column's name as the server reported it (empty when unknown).
+    pub(crate) column: String,
+    /// Its index in the row.
+    pub(crate) index: usize,
+    /// What is wrong with it.
+    pub(crate) problem: DecodeProblem,
+}
+
+/// Why a column value does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeProblem {
+    /// The row has no column at this index.
+    #[error("the row has no such column")]
+    NoSuchColumn,
+    /// The column's SQL type cannot hold a value of the attribute type.
+    #[error("expected a {expected} value (T-SQL {sql_type}), found a {found} column")]
+    TypeMismatch {
+        /// The attribute type's name (`integer`, `uuid`, …).
+        expected: &'static str,
+        /// The T-SQL type this crate stores the attribute type as.
+        sql_type: &'static str,
+        /// The T-SQL type of the value the server sent.
+        found: &'static str,
+    },
+    /// The SQL type fits but this value does not (out of range, not a UUID,
+    /// not JSON, …).
+    #[error("expected a {expected} value, found {detail}")]
+    BadValue {
+        /// The attribute type's name.
+        expected: &'static str,
+        /// What the value was and why it does not fit.
+        detail: String,
+    },
 }
 
 /// Result alias of the crate's internals.
@@ -96,7 +141,7 @@ impl From<MssqlError> for sync_core::Error {
             },
             MssqlError::Connect { .. } | MssqlError::ConnectTimeout { .. } => retry(e.to_string(), 1000),
             MssqlError::PoolTimeout(_) => retry(e.to_string(), 100),
-            MssqlError::Decode(_) => sync_core::Error::internal(e.to_string()),
+            MssqlError::Decode(_) | MssqlError::Column(_) => sync_core::Error::internal(e.to_string()),
         }
     }
 }
@@ -128,6 +173,8 @@ mod tests {
             ErrorKind::Unavailable
         );
         assert_eq!(kind(MssqlError::Decode("x".into())), ErrorKind::Internal);
+        let column = DecodeError { column: "c".into(), index: 0, problem: DecodeProblem::NoSuchColumn };
+        assert_eq!(kind(column.into()), ErrorKind::Internal);
         assert_eq!(kind(MssqlError::Core(sync_core::Error::not_found("org"))), ErrorKind::NotFound);
     }
 
