@@ -135,6 +135,14 @@ impl From<MssqlError> for sync_core::Error {
                     }
                     _ => sync_core::Error::internal(e.to_string()),
                 },
+                // Certificate trust is configuration, not a passing fault:
+                // say which connection-string keys fix it.
+                tiberius::error::Error::Tls(message) => sync_core::Error::internal(format!(
+                    "the TLS handshake with SQL Server failed: {message} — in the connection string, name \
+                     the server's CA with TrustServerCertificateCA=<path to a .pem/.crt/.der file>, or, for \
+                     development servers only, accept any certificate with TrustServerCertificate=true \
+                     (trust_cert in ConnectionTarget::Parts)"
+                )),
                 tiberius::error::Error::Io { .. } => retry(e.to_string(), 500),
                 tiberius::error::Error::Routing { .. } => retry(e.to_string(), 100),
                 _ => sync_core::Error::internal(e.to_string()),
@@ -159,10 +167,9 @@ mod tests {
     fn maps_transport_errors_to_kinds() {
         let io = tiberius::error::Error::Io { kind: std::io::ErrorKind::TimedOut, message: "stalled".into() };
         assert_eq!(kind(MssqlError::Tds(io)), ErrorKind::Unavailable);
-        assert_eq!(
-            kind(MssqlError::Tds(tiberius::error::Error::Tls("bad cert".into()))),
-            ErrorKind::Internal
-        );
+        let tls = sync_core::Error::from(MssqlError::Tds(tiberius::error::Error::Tls("bad cert".into())));
+        assert_eq!(tls.kind(), ErrorKind::Internal);
+        assert!(tls.to_string().contains("bad cert") && tls.to_string().contains("TrustServerCertificate"));
         assert_eq!(
             kind(MssqlError::Tds(tiberius::error::Error::Conversion("x".into()))),
             ErrorKind::Internal
