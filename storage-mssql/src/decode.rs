@@ -203,6 +203,9 @@ fn sql_name(data: &ColumnData<'_>) -> &'static str {
 }
 
 #[cfg(test)]
+mod tds_tests;
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
