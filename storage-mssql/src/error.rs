@@ -34,6 +34,51 @@ pub(crate) enum MssqlError {
     /// A stored value does not decode into the expected type.
     #[error("a row from SQL Server does not decode: {0}")]
     Decode(String),
+    /// A staged column value does not decode into its attribute type.
+    #[error(transparent)]
+    Column(#[from] DecodeError),
+}
+
+/// A column of a row read from SQL Server whose value does not decode into
+/// the attribute type the entity's schema gives it: the table and the schema
+/// disagree (a column altered by hand, a failed migration). Maps to
+/// `Internal`: the caller's input is not at fault and retrying will not help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("column '{column}' (index {index}) of a row read from SQL Server does not decode: {problem}")]
+pub(crate) struct DecodeError {
+    /// The column's name as the server reported it (empty when unknown).
+    pub(crate) column: String,
+    /// Its index in the row.
+    pub(crate) index: usize,
+    /// What is wrong with it.
+    pub(crate) problem: DecodeProblem,
+}
+
+/// Why a column value does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeProblem {
+    /// The row has no column at this index.
+    #[error("the row has no such column")]
+    NoSuchColumn,
+    /// The column's SQL type cannot hold a value of the attribute type.
+    #[error("expected a {expected} value (T-SQL {sql_type}), found a {found} column")]
+    TypeMismatch {
+        /// The attribute type's name (`integer`, `uuid`, …).
+        expected: &'static str,
+        /// The T-SQL type this crate stores the attribute type as.
+        sql_type: &'static str,
+        /// The T-SQL type of the value the server sent.
+        found: &'static str,
+    },
+    /// The SQL type fits but this value does not (out of range, not a UUID,
+    /// not JSON, …).
+    #[error("expected a {expected} value, found {detail}")]
+    BadValue {
+        /// The attribute type's name.
+        expected: &'static str,
+        /// What the value was and why it does not fit.
+        detail: String,
+    },
 }
 
 /// Result alias of the crate's internals.
@@ -90,13 +135,21 @@ impl From<MssqlError> for sync_core::Error {
                     }
                     _ => sync_core::Error::internal(e.to_string()),
                 },
+                // Certificate trust is configuration, not a passing fault:
+                // say which connection-string keys fix it.
+                tiberius::error::Error::Tls(message) => sync_core::Error::internal(format!(
+                    "the TLS handshake with SQL Server failed: {message} — in the connection string, name \
+                     the server's CA with TrustServerCertificateCA=<path to a .pem/.crt/.der file>, or, for \
+                     development servers only, accept any certificate with TrustServerCertificate=true \
+                     (trust_cert in ConnectionTarget::Parts)"
+                )),
                 tiberius::error::Error::Io { .. } => retry(e.to_string(), 500),
                 tiberius::error::Error::Routing { .. } => retry(e.to_string(), 100),
                 _ => sync_core::Error::internal(e.to_string()),
             },
             MssqlError::Connect { .. } | MssqlError::ConnectTimeout { .. } => retry(e.to_string(), 1000),
             MssqlError::PoolTimeout(_) => retry(e.to_string(), 100),
-            MssqlError::Decode(_) => sync_core::Error::internal(e.to_string()),
+            MssqlError::Decode(_) | MssqlError::Column(_) => sync_core::Error::internal(e.to_string()),
         }
     }
 }
@@ -114,10 +167,9 @@ mod tests {
     fn maps_transport_errors_to_kinds() {
         let io = tiberius::error::Error::Io { kind: std::io::ErrorKind::TimedOut, message: "stalled".into() };
         assert_eq!(kind(MssqlError::Tds(io)), ErrorKind::Unavailable);
-        assert_eq!(
-            kind(MssqlError::Tds(tiberius::error::Error::Tls("bad cert".into()))),
-            ErrorKind::Internal
-        );
+        let tls = sync_core::Error::from(MssqlError::Tds(tiberius::error::Error::Tls("bad cert".into())));
+        assert_eq!(tls.kind(), ErrorKind::Internal);
+        assert!(tls.to_string().contains("bad cert") && tls.to_string().contains("TrustServerCertificate"));
         assert_eq!(
             kind(MssqlError::Tds(tiberius::error::Error::Conversion("x".into()))),
             ErrorKind::Internal
@@ -128,6 +180,8 @@ mod tests {
             ErrorKind::Unavailable
         );
         assert_eq!(kind(MssqlError::Decode("x".into())), ErrorKind::Internal);
+        let column = DecodeError { column: "c".into(), index: 0, problem: DecodeProblem::NoSuchColumn };
+        assert_eq!(kind(column.into()), ErrorKind::Internal);
         assert_eq!(kind(MssqlError::Core(sync_core::Error::not_found("org"))), ErrorKind::NotFound);
     }
 

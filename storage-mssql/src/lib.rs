@@ -70,6 +70,7 @@
 //! ```
 
 mod config;
+mod decode;
 mod error;
 mod pool;
 mod queue;

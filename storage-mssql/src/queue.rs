@@ -5,10 +5,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use sync_core::queue::{DeadLetter, QueueDepth, SendOutcome};
-use sync_core::{Delivery, Error, Message, QueueName, Result, WorkQueue};
+use sync_core::{AttributeType, Delivery, Error, Message, QueueName, Result, Value, WorkQueue};
 use tiberius::Row;
 
 use crate::config::SqlServerConfig;
+use crate::decode::column_value;
 use crate::error::{MssqlError, R};
 use crate::pool::Pool;
 use crate::sql;
@@ -52,6 +53,23 @@ fn from_epoch_ms(v: i64) -> SystemTime {
 
 fn decode<'a, T: tiberius::FromSql<'a>>(row: &'a Row, idx: usize, what: &str) -> R<T> {
     row.try_get::<T, _>(idx)?.ok_or_else(|| MssqlError::Decode(format!("{what} is null")))
+}
+
+/// A `NOT NULL` integer column of any width (`tinyint` … `bigint`), so a
+/// count or id the server returns as `int` rather than `bigint` still reads.
+fn integer(row: &Row, idx: usize, what: &str) -> R<i64> {
+    match column_value(row, idx, &AttributeType::Integer)? {
+        Value::Integer(i) => Ok(i),
+        _ => Err(MssqlError::Decode(format!("{what} is null"))),
+    }
+}
+
+/// A nullable text column.
+fn text(row: &Row, idx: usize) -> R<Option<String>> {
+    match column_value(row, idx, &AttributeType::String)? {
+        Value::String(s) => Ok(Some(s)),
+        _ => Ok(None),
+    }
 }
 
 fn lost(d: &Delivery) -> MssqlError {
@@ -137,7 +155,7 @@ impl WorkQueue for SqlServerQueue {
             )
             .await?;
         let row = rows.first().ok_or_else(|| MssqlError::Decode("send returned no row".into()))?;
-        let id: i64 = decode(row, 0, "id")?;
+        let id = integer(row, 0, "id")?;
         let dedup: bool = decode(row, 1, "deduplicated")?;
         Ok(if dedup {
             SendOutcome::Deduplicated(id.to_string())
@@ -160,16 +178,16 @@ impl WorkQueue for SqlServerQueue {
             )
             .await?;
         let Some(row) = rows.first() else { return Ok(None) };
-        let id: i64 = decode(row, 0, "id")?;
+        let id = integer(row, 0, "id")?;
         let body: &[u8] = decode(row, 1, "body")?;
-        let dedup_key: Option<&str> = row.try_get(2).map_err(MssqlError::from)?;
-        let count: i32 = decode(row, 3, "delivery_count")?;
+        let dedup_key = text(row, 2)?;
+        let count = integer(row, 3, "delivery_count")?;
         Ok(Some(Delivery {
             queue: queue.clone(),
             message_id: id.to_string(),
             lease_token: token,
             body: body.to_vec(),
-            dedup_key: dedup_key.map(str::to_owned),
+            dedup_key,
             delivery_count: u32::try_from(count).unwrap_or(0),
         }))
     }
@@ -214,7 +232,7 @@ impl WorkQueue for SqlServerQueue {
         let rows =
             self.rows(&sql::queue::depth(&self.schema)?, vec![Box::new(queue.as_str().to_owned())]).await?;
         let row = rows.first().ok_or_else(|| MssqlError::Decode("depth returned no row".into()))?;
-        let n = |i: usize| -> R<u64> { Ok(u64::try_from(decode::<i64>(row, i, "count")?).unwrap_or(0)) };
+        let n = |i: usize| -> R<u64> { Ok(u64::try_from(integer(row, i, "count")?).unwrap_or(0)) };
         Ok(QueueDepth { ready: n(0)?, delayed: n(1)?, leased: n(2)?, dead: n(3)? })
     }
 
@@ -227,18 +245,18 @@ impl WorkQueue for SqlServerQueue {
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            let id: i64 = decode(row, 0, "id")?;
+            let id = integer(row, 0, "id")?;
             let body: &[u8] = decode(row, 1, "body")?;
-            let dedup_key: Option<&str> = row.try_get(2).map_err(MssqlError::from)?;
-            let count: i32 = decode(row, 3, "delivery_count")?;
-            let reason: &str = decode(row, 4, "reason")?;
-            let dead_at: i64 = decode(row, 5, "dead_at")?;
+            let dedup_key = text(row, 2)?;
+            let count = integer(row, 3, "delivery_count")?;
+            let reason = text(row, 4)?.ok_or_else(|| MssqlError::Decode("reason is null".into()))?;
+            let dead_at = integer(row, 5, "dead_at")?;
             out.push(DeadLetter {
                 message_id: id.to_string(),
                 body: body.to_vec(),
-                dedup_key: dedup_key.map(str::to_owned),
+                dedup_key,
                 delivery_count: u32::try_from(count).unwrap_or(0),
-                reason: reason.to_owned(),
+                reason,
                 dead_at: from_epoch_ms(dead_at),
             });
         }
