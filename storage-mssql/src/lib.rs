@@ -70,10 +70,17 @@
 //! ```
 
 mod config;
+mod db;
 mod error;
+mod journal;
+mod org;
 mod pool;
 mod queue;
 pub mod sql;
+mod store;
+mod values;
 
 pub use config::{ConnectionTarget, OrgLayout, SqlServerConfig};
+pub use org::SqlServerOrgStaging;
 pub use queue::SqlServerQueue;
+pub use store::SqlServerStagingStore;
