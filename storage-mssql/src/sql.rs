@@ -1031,3 +1031,491 @@ pub mod queue {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_core::{ColumnName, EntityName, OrgId};
+
+    fn col(s: &str) -> ColumnName {
+        ColumnName::new(s).unwrap()
+    }
+
+    fn meta(key_ty: AttributeType) -> EntityMetadata {
+        EntityMetadata::new(
+            EntityName::new("account").unwrap(),
+            col("id"),
+            vec![Attribute::new(col("id"), key_ty), Attribute::new(col("name"), AttributeType::String)],
+        )
+        .unwrap()
+    }
+
+    /// Every `@Pn` a statement mentions, as numbers, sorted and deduplicated.
+    fn params_of(sql: &str) -> Vec<usize> {
+        let mut out: Vec<usize> = sql
+            .split("@P")
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Brackets and parentheses balance and every quoted literal closes.
+    fn balanced(sql: &str) -> bool {
+        let (mut paren, mut bracket, mut quoted) = (0i32, 0i32, false);
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if quoted {
+                if c == '\'' {
+                    if chars.peek() == Some(&'\'') {
+                        chars.next();
+                    } else {
+                        quoted = false;
+                    }
+                }
+                continue;
+            }
+            match c {
+                '\'' => quoted = true,
+                '(' => paren += 1,
+                ')' => paren -= 1,
+                '[' => bracket += 1,
+                ']' => {
+                    if chars.peek() == Some(&']') && bracket > 0 {
+                        chars.next();
+                    } else {
+                        bracket -= 1;
+                    }
+                }
+                _ => {}
+            }
+            if paren < 0 || bracket < 0 {
+                return false;
+            }
+        }
+        paren == 0 && bracket == 0 && !quoted
+    }
+
+    #[test]
+    fn quoting_doubles_closing_brackets() {
+        assert_eq!(quote("select"), "[select]");
+        assert_eq!(quote("a]]b"), "[a]]]]b]");
+        assert_eq!(qualified("dbo", "account").unwrap(), "[dbo].[account]");
+        assert!(qualified("dbo", "x]; DROP TABLE y; --").is_err());
+        assert!(qualified("a b", "t").is_err());
+        assert_eq!(literal("[a].[it's]"), "N'[a].[it''s]'");
+    }
+
+    #[test]
+    fn lists_and_batching() {
+        assert_eq!(placeholders(3, 3), "@P3, @P4, @P5");
+        assert_eq!(value_rows(1, 2, 2), "(@P1, @P2), (@P3, @P4)");
+        assert_eq!(rows_per_request(6), 333);
+        assert_eq!(rows_per_request(5000), 1, "one row per request at least");
+        assert!(rows_per_request(3) * 3 <= MAX_PARAMS && MAX_PARAMS < 2100);
+    }
+
+    #[test]
+    fn ddl_for_every_attribute_type() {
+        let cases = [
+            (AttributeType::String, "nvarchar(max)"),
+            (AttributeType::Integer, "bigint"),
+            (AttributeType::Decimal, "decimal(38,10)"),
+            (AttributeType::Float, "float"),
+            (AttributeType::Boolean, "bit"),
+            (AttributeType::DateTime, "datetimeoffset(7)"),
+            (AttributeType::Uuid, "uniqueidentifier"),
+            (AttributeType::Lookup { target: EntityName::new("contact").unwrap() }, "uniqueidentifier"),
+            (AttributeType::Json, "nvarchar(max)"),
+        ];
+        for (ty, sql_ty) in cases {
+            assert_eq!(column_type(&ty, false), sql_ty);
+            let a = Attribute::new(col("c"), ty.clone());
+            assert_eq!(
+                add_column("s", "t", &a).unwrap(),
+                format!("ALTER TABLE [s].[t] ADD [c] {sql_ty} NULL")
+            );
+            assert_eq!(
+                add_retype_column("s", "t", 4, &a).unwrap(),
+                format!("ALTER TABLE [s].[t] ADD [_sync_retype_4] {sql_ty} NULL")
+            );
+            let m = EntityMetadata::new(
+                EntityName::new("t").unwrap(),
+                col("id"),
+                vec![Attribute::new(col("id"), AttributeType::Uuid), a],
+            )
+            .unwrap();
+            assert_eq!(
+                create_entity_table("s", &m).unwrap(),
+                format!(
+                    "CREATE TABLE [s].[t] ([_sync_rowid] nvarchar(256) COLLATE Latin1_General_100_BIN2 NOT NULL \
+                     PRIMARY KEY CLUSTERED, [id] uniqueidentifier NOT NULL, [c] {sql_ty} NULL, \
+                     [_sync_version] bigint NOT NULL)"
+                )
+            );
+        }
+        // Keys: strings take their indexable form.
+        assert_eq!(column_type(&AttributeType::String, true), "nvarchar(450)");
+        assert_eq!(
+            create_entity_table("org1", &meta(AttributeType::String)).unwrap(),
+            "CREATE TABLE [org1].[account] ([_sync_rowid] nvarchar(256) COLLATE Latin1_General_100_BIN2 NOT NULL \
+             PRIMARY KEY CLUSTERED, [id] nvarchar(450) NOT NULL, [name] nvarchar(max) NULL, \
+             [_sync_version] bigint NOT NULL)"
+        );
+        assert_eq!(
+            create_entity_table("org1", &meta(AttributeType::Integer)).unwrap(),
+            "CREATE TABLE [org1].[account] ([_sync_rowid] nvarchar(256) COLLATE Latin1_General_100_BIN2 NOT NULL \
+             PRIMARY KEY CLUSTERED, [id] bigint NOT NULL, [name] nvarchar(max) NULL, \
+             [_sync_version] bigint NOT NULL)"
+        );
+        assert_eq!(
+            drop_entity_table("s", "account").unwrap(),
+            "IF OBJECT_ID(N'[s].[account]', N'U') IS NOT NULL DROP TABLE [s].[account]"
+        );
+    }
+
+    #[test]
+    fn schema_evolution_statements() {
+        assert_eq!(
+            drop_column("s", "account", "name").unwrap(),
+            "ALTER TABLE [s].[account] DROP COLUMN [name]"
+        );
+        assert!(drop_column("s", "account", "x]y").is_err());
+        assert_eq!(retype_scratch_column(12), "_sync_retype_12");
+        assert_eq!(RENAME_COLUMN, "EXEC sp_rename @objname = @P1, @newname = @P2, @objtype = N'COLUMN';");
+        assert_eq!(
+            rename_column_params("s", "account", "_sync_retype_1", "name").unwrap(),
+            ("[s].[account].[_sync_retype_1]".to_owned(), "name".to_owned())
+        );
+        assert!(rename_column_params("s", "account", "a", "b]").is_err());
+        assert_eq!(
+            update_rows("s", "account", &["_sync_retype_1".to_owned()], 2).unwrap(),
+            "UPDATE t SET [_sync_retype_1] = v.[_sync_retype_1], [_sync_version] = v.[_sync_version] \
+             FROM [s].[account] AS t JOIN (VALUES (@P1, @P2, @P3), (@P4, @P5, @P6)) \
+             AS v ([_sync_rowid], [_sync_retype_1], [_sync_version]) ON t.[_sync_rowid] = v.[_sync_rowid]"
+        );
+        assert_eq!(
+            update_rows("s", "account", &[], 1).unwrap(),
+            "UPDATE t SET [_sync_version] = v.[_sync_version] FROM [s].[account] AS t \
+             JOIN (VALUES (@P1, @P2)) AS v ([_sync_rowid], [_sync_version]) ON t.[_sync_rowid] = v.[_sync_rowid]"
+        );
+        assert!(update_rows("s", "account", &["bad name".to_owned()], 1).is_err());
+    }
+
+    #[test]
+    fn upsert_is_a_holdlock_merge_of_bound_rows() {
+        let m = meta(AttributeType::Integer);
+        assert_eq!(upsert_width(&m), 4);
+        assert_eq!(
+            upsert_rows("s", &m, 2).unwrap(),
+            "MERGE [s].[account] WITH (HOLDLOCK) AS t USING (VALUES (@P1, @P2, @P3, @P4), (@P5, @P6, @P7, @P8)) \
+             AS s ([_sync_rowid], [id], [name], [_sync_version]) ON t.[_sync_rowid] = s.[_sync_rowid] \
+             WHEN MATCHED THEN UPDATE SET t.[id] = s.[id], t.[name] = s.[name], t.[_sync_version] = s.[_sync_version] \
+             WHEN NOT MATCHED THEN INSERT ([_sync_rowid], [id], [name], [_sync_version]) \
+             VALUES (s.[_sync_rowid], s.[id], s.[name], s.[_sync_version]);"
+        );
+        let big = upsert_rows("s", &m, rows_per_request(upsert_width(&m))).unwrap();
+        assert!(params_of(&big).len() <= MAX_PARAMS);
+        assert!(big.ends_with(';'), "a MERGE must end with a semicolon");
+    }
+
+    #[test]
+    fn row_reads_and_deletes() {
+        let m = meta(AttributeType::Uuid);
+        assert_eq!(
+            select_rows("s", &m, 3).unwrap(),
+            "SELECT [_sync_rowid], [id], [name], [_sync_version] FROM [s].[account] \
+             WHERE [_sync_rowid] IN (@P1, @P2, @P3)"
+        );
+        assert_eq!(
+            select_rows_after("s", &m).unwrap(),
+            "SELECT TOP (@P2) [_sync_rowid], [id], [name], [_sync_version] FROM [s].[account] \
+             WHERE [_sync_rowid] > @P1 ORDER BY [_sync_rowid]"
+        );
+        assert_eq!(
+            row_ids_after("s", "account").unwrap(),
+            "SELECT TOP (@P2) [_sync_rowid] FROM [s].[account] WHERE [_sync_rowid] > @P1 ORDER BY [_sync_rowid]"
+        );
+        assert_eq!(count_rows("s", "account").unwrap(), "SELECT COUNT_BIG(*) FROM [s].[account]");
+        assert_eq!(
+            delete_rows("s", "account", 2).unwrap(),
+            "DELETE FROM [s].[account] WHERE [_sync_rowid] IN (@P1, @P2)"
+        );
+    }
+
+    #[test]
+    fn org_tables_and_bookkeeping() {
+        let tables = create_org_tables("o").unwrap();
+        let names = [
+            "_sync_info",
+            "_sync_meta",
+            "_sync_schemas",
+            "_sync_profiles",
+            "_sync_partitions",
+            "_sync_membership",
+            "_sync_tokens",
+            "_sync_runs",
+            "_sync_mutations",
+        ];
+        assert_eq!(tables.len(), names.len());
+        for (ddl, name) in tables.iter().zip(names) {
+            assert!(
+                ddl.starts_with(&format!(
+                    "IF OBJECT_ID(N'[o].[{name}]', N'U') IS NULL CREATE TABLE [o].[{name}] ("
+                )),
+                "{ddl}"
+            );
+            assert!(balanced(ddl), "{ddl}");
+            assert!(params_of(ddl).is_empty(), "DDL binds nothing: {ddl}");
+        }
+        assert!(tables[4].contains(
+            "[key_hash] AS CAST(HASHBYTES('SHA2_256', [partition_key]) AS binary(32)) PERSISTED NOT NULL"
+        ));
+        assert!(tables[5].contains("PRIMARY KEY CLUSTERED ([pid], [seq])"));
+        assert!(tables[5].contains("UNIQUE ([entity], [row_id], [pid]) INCLUDE ([version], [removed])"));
+        let init = init_org("o").unwrap();
+        assert!(init.contains("INSERT INTO [o].[_sync_info] ([name], [value]) VALUES (N'incarnation', @P1)"));
+        assert!(init.ends_with("SELECT [value] FROM [o].[_sync_info] WHERE [name] = N'incarnation';"));
+        assert_eq!(
+            org_state("o").unwrap(),
+            "SELECT i.[value], (SELECT [value] FROM [o].[_sync_meta] WHERE [name] = N'head'), \
+             (SELECT [value] FROM [o].[_sync_meta] WHERE [name] = N'schema_version'), \
+             (SELECT [value] FROM [o].[_sync_meta] WHERE [name] = N'tombstone_floor') \
+             FROM [o].[_sync_info] AS i WHERE i.[name] = N'incarnation'"
+        );
+        assert_eq!(set_meta("o").unwrap(), "UPDATE [o].[_sync_meta] SET [value] = @P2 WHERE [name] = @P1");
+        assert_eq!(
+            raise_floor("o").unwrap(),
+            "UPDATE [o].[_sync_meta] SET [value] = @P1 WHERE [name] = N'tombstone_floor' AND [value] < @P1"
+        );
+        for (sql, n) in [
+            (select_schemas("o").unwrap(), 0),
+            (select_schema("o").unwrap(), 1),
+            (schema_case_clash("o").unwrap(), 1),
+            (put_schema("o").unwrap(), 3),
+            (select_profiles("o").unwrap(), 0),
+            (select_profile("o").unwrap(), 1),
+            (put_profile("o").unwrap(), 2),
+            (delete_profile("o").unwrap(), 1),
+            (select_token("o").unwrap(), 1),
+            (select_tokens("o").unwrap(), 0),
+            (put_token("o").unwrap(), 2),
+            (record_run("o").unwrap(), 4),
+            (select_runs("o").unwrap(), 0),
+            (select_mutation("o").unwrap(), 1),
+            (record_mutation("o").unwrap(), 4),
+            (purge_tombstones("o").unwrap(), 1),
+        ] {
+            assert_eq!(params_of(&sql), (1..=n).collect::<Vec<_>>(), "{sql}");
+            assert!(balanced(&sql), "{sql}");
+            if sql.starts_with("MERGE") {
+                assert!(sql.contains("WITH (HOLDLOCK)") && sql.contains(';'), "{sql}");
+            }
+        }
+        assert!(record_run("o").unwrap().contains(
+            "t.[last_success] = CASE WHEN s.[error] IS NULL THEN s.[at] ELSE t.[last_success] END"
+        ));
+        assert!(record_mutation("o").unwrap().contains("WHEN NOT MATCHED THEN INSERT"));
+        assert!(
+            !record_mutation("o").unwrap().contains("WHEN MATCHED"),
+            "a known mutation is never replaced"
+        );
+        assert_eq!(
+            purge_tombstones("o").unwrap(),
+            "DELETE FROM [o].[_sync_membership] WHERE [removed] = 1 AND [seq] <= @P1"
+        );
+    }
+
+    #[test]
+    fn membership_checksum_and_pull() {
+        assert_eq!(
+            select_partitions("s", 2).unwrap(),
+            "SELECT [pid], [partition_key] FROM [s].[_sync_partitions] WHERE [key_hash] IN \
+             (CAST(HASHBYTES('SHA2_256', @P1) AS binary(32)), CAST(HASHBYTES('SHA2_256', @P2) AS binary(32)))"
+        );
+        assert!(select_checksums("s", 1).unwrap().starts_with(
+            "SELECT [partition_key], [checksum_sum], [member_count] FROM [s].[_sync_partitions] WHERE [key_hash] IN"
+        ));
+        assert_eq!(
+            insert_partitions("s", 2).unwrap(),
+            "INSERT INTO [s].[_sync_partitions] ([partition_key]) OUTPUT inserted.[pid], inserted.[partition_key] \
+             VALUES (@P1), (@P2)"
+        );
+        assert_eq!(
+            select_live_memberships("s", 2).unwrap(),
+            "SELECT m.[row_id], p.[partition_key], m.[version] FROM [s].[_sync_membership] AS m \
+             JOIN [s].[_sync_partitions] AS p ON p.[pid] = m.[pid] \
+             WHERE m.[entity] = @P1 AND m.[removed] = 0 AND m.[row_id] IN (@P2, @P3)"
+        );
+        let merge = merge_membership("s", 2).unwrap();
+        assert_eq!(
+            merge,
+            "MERGE [s].[_sync_membership] WITH (HOLDLOCK) AS t \
+             USING (VALUES (@P1, @P2, @P3, @P4, @P5, @P6), (@P7, @P8, @P9, @P10, @P11, @P12)) \
+             AS s ([pid], [entity], [row_id], [seq], [version], [removed]) \
+             ON t.[entity] = s.[entity] AND t.[row_id] = s.[row_id] AND t.[pid] = s.[pid] \
+             WHEN MATCHED THEN UPDATE SET t.[seq] = s.[seq], t.[version] = s.[version], t.[removed] = s.[removed] \
+             WHEN NOT MATCHED THEN INSERT ([pid], [entity], [row_id], [seq], [version], [removed]) \
+             VALUES (s.[pid], s.[entity], s.[row_id], s.[seq], s.[version], s.[removed]);"
+        );
+        assert_eq!(
+            add_checksums("s", 1).unwrap(),
+            "UPDATE p SET [checksum_sum] = (p.[checksum_sum] + d.[dsum]) % CAST(4294967296 AS bigint), \
+             [member_count] = p.[member_count] + d.[dcount] FROM [s].[_sync_partitions] AS p \
+             JOIN (VALUES (@P1, @P2, @P3)) AS d ([pid], [dsum], [dcount]) ON p.[pid] = d.[pid]"
+        );
+        assert_eq!(
+            pull_ops("s").unwrap(),
+            "SELECT TOP (@P4) m.[entity], m.[row_id], m.[seq], m.[removed] FROM [s].[_sync_membership] AS m \
+             WHERE m.[pid] = @P1 AND m.[seq] > @P2 AND m.[seq] <= @P3 ORDER BY m.[seq]"
+        );
+        let full = merge_membership("s", rows_per_request(MEMBERSHIP_WIDTH)).unwrap();
+        assert!(params_of(&full).len() <= MAX_PARAMS);
+    }
+
+    #[test]
+    fn transactions_and_locks() {
+        assert!(BEGIN_WRITE.contains("SET XACT_ABORT ON") && BEGIN_WRITE.ends_with("BEGIN TRANSACTION;"));
+        assert!(BEGIN_SNAPSHOT.contains("SET TRANSACTION ISOLATION LEVEL SNAPSHOT; BEGIN TRANSACTION;"));
+        assert!(COMMIT.starts_with("COMMIT TRANSACTION;") && COMMIT.contains("READ COMMITTED"));
+        assert!(ROLLBACK.starts_with("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;"));
+        for plain in [BEGIN_WRITE, BEGIN_SNAPSHOT, COMMIT, ROLLBACK] {
+            assert!(params_of(plain).is_empty(), "plain batches bind nothing: {plain}");
+        }
+        assert!(TAKE_ORG_LOCK.contains(
+            "sp_getapplock @Resource = @P1, @LockMode = N'Exclusive', @LockOwner = N'Transaction', @LockTimeout = @P2"
+        ));
+        assert!(TAKE_ORG_LOCK.contains("THROW 51000"));
+        assert!(TAKE_SESSION_LOCK.contains("@LockOwner = N'Session', @LockTimeout = @P2"));
+        assert_eq!(RELEASE_SESSION_LOCK, "EXEC sp_releaseapplock @Resource = @P1, @LockOwner = N'Session';");
+        let org = OrgId::new("Contoso").unwrap();
+        assert_eq!(org_lock_resource(&org), "offline-sync/org/Contoso");
+        assert_eq!(provision_lock_resource(&org), "offline-sync/provision/contoso");
+    }
+
+    #[test]
+    fn provisioning_in_both_layouts() {
+        assert_eq!(
+            create_database("sync_org_a").unwrap(),
+            "IF DB_ID(@P1) IS NULL CREATE DATABASE [sync_org_a]; ALTER DATABASE [sync_org_a] SET MULTI_USER; \
+             ALTER DATABASE [sync_org_a] SET ALLOW_SNAPSHOT_ISOLATION ON;"
+        );
+        assert_eq!(
+            drop_database("sync_org_a").unwrap(),
+            "IF DB_ID(@P1) IS NOT NULL BEGIN ALTER DATABASE [sync_org_a] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; \
+             DROP DATABASE [sync_org_a]; END"
+        );
+        assert_eq!(create_schema("o").unwrap(), "IF SCHEMA_ID(@P1) IS NULL EXEC(N'CREATE SCHEMA [o]')");
+        let drop = drop_schema("o").unwrap();
+        assert!(drop.contains("QUOTENAME(s.name)") && drop.ends_with("EXEC(N'DROP SCHEMA [o]'); END"));
+        assert!(ALLOW_SNAPSHOT_HERE.contains("ALTER DATABASE CURRENT SET ALLOW_SNAPSHOT_ISOLATION ON"));
+        for bad in ["x]", "a;b", "", "1a"] {
+            assert!(create_database(bad).is_err(), "{bad}");
+            assert!(drop_database(bad).is_err(), "{bad}");
+            assert!(create_schema(bad).is_err(), "{bad}");
+            assert!(drop_schema(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn control_plane_statements() {
+        let create = control::create_tables("ctl").unwrap();
+        assert!(create.starts_with("SET XACT_ABORT ON; BEGIN TRAN;") && create.ends_with("COMMIT;"));
+        assert!(create.contains("IF SCHEMA_ID(@P1) IS NULL EXEC(N'CREATE SCHEMA [ctl]');"));
+        assert!(create.contains(
+            "IF OBJECT_ID(N'[ctl].[sync_orgs]', N'U') IS NULL CREATE TABLE [ctl].[sync_orgs] \
+             ([id] nvarchar(128) COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY"
+        ));
+        assert!(balanced(&create));
+        assert_eq!(
+            control::select_orgs("ctl").unwrap(),
+            "SELECT [id], [config] FROM [ctl].[sync_orgs] ORDER BY [id]"
+        );
+        assert_eq!(
+            control::select_org("ctl").unwrap(),
+            "SELECT [config], [incarnation] FROM [ctl].[sync_orgs] WHERE [id] = @P1"
+        );
+        assert!(control::put_org("ctl").unwrap().starts_with("MERGE [ctl].[sync_orgs] WITH (HOLDLOCK) AS t"));
+        assert_eq!(control::delete_org("ctl").unwrap(), "DELETE FROM [ctl].[sync_orgs] WHERE [id] = @P1");
+        assert!(control::org_case_clash("ctl").unwrap().contains("LOWER([id]) = LOWER(@P1) AND [id] <> @P1"));
+        assert!(
+            control::put_location("ctl")
+                .unwrap()
+                .starts_with("MERGE [ctl].[sync_org_directory] WITH (HOLDLOCK)")
+        );
+        assert_eq!(
+            control::select_location("ctl").unwrap(),
+            "SELECT [base_url] FROM [ctl].[sync_org_directory] WHERE [id] = @P1"
+        );
+        assert_eq!(
+            control::delete_location("ctl").unwrap(),
+            "DELETE FROM [ctl].[sync_org_directory] WHERE [id] = @P1"
+        );
+        let drop = control::drop_tables("ctl").unwrap();
+        assert!(drop.contains("DROP TABLE [ctl].[sync_orgs]") && drop.contains("EXEC(N'DROP SCHEMA [ctl]')"));
+        assert!(balanced(&drop));
+        assert!(control::create_tables("bad]").is_err());
+    }
+
+    #[test]
+    fn queue_lease_skips_locked_rows_and_outputs_the_message() {
+        let r = queue::receive("dbo").unwrap();
+        assert!(r.contains(
+            "WITH [next] AS (SELECT TOP (1) * FROM [dbo].[sync_queue_messages] WITH (READPAST, UPDLOCK, ROWLOCK) \
+             WHERE [queue] = @P1 AND [visible_at] <= @now AND [delivery_count] < @P2 ORDER BY [visible_at], [id])"
+        ));
+        assert!(r.contains(
+            "UPDATE [next] SET [lease_token] = @P3, [visible_at] = @now + @P4, [delivery_count] = [delivery_count] + 1 \
+             OUTPUT inserted.[id], inserted.[body], inserted.[dedup_key], inserted.[delivery_count];"
+        ));
+        // Exhausted messages are dead-lettered before leasing.
+        let bury = r.find("INTO [dbo].[sync_queue_dead_letters]").unwrap();
+        assert!(bury < r.find("WITH [next]").unwrap());
+        assert!(r.starts_with("SET XACT_ABORT ON; BEGIN TRAN;") && r.ends_with("COMMIT;"));
+    }
+
+    #[test]
+    fn queue_send_dedup_and_lease_holder_statements() {
+        let s = queue::send("dbo").unwrap();
+        assert!(s.contains(
+            "WITH (UPDLOCK, HOLDLOCK) WHERE [queue] = @P1 AND [dedup_key] = @P3 AND ([lease_token] IS NULL OR [visible_at] <= @now)"
+        ));
+        assert!(s.contains(
+            "INSERT INTO [dbo].[sync_queue_messages] ([queue], [body], [dedup_key], [visible_at], [enqueued_at]) VALUES (@P1, @P2, @P3, @visible, @now)"
+        ));
+        assert!(s.contains("SET [visible_at] = @visible WHERE [id] = @id AND [visible_at] > @visible"));
+        let held = "[id] = @P1 AND [lease_token] = @P2 AND [visible_at] > DATEDIFF_BIG(millisecond, '19700101', SYSUTCDATETIME())";
+        assert_eq!(
+            queue::complete("dbo").unwrap(),
+            format!("DELETE FROM [dbo].[sync_queue_messages] WHERE {held}")
+        );
+        assert!(
+            queue::abandon("dbo").unwrap().contains("SET [lease_token] = NULL, [visible_at] = DATEDIFF_BIG")
+        );
+        assert!(queue::extend("dbo").unwrap().ends_with(&format!("+ @P3 WHERE {held}")));
+        let dl = queue::dead_letter("dbo").unwrap();
+        assert!(
+            dl.contains("@P3") && dl.contains("INTO [dbo].[sync_queue_dead_letters]") && dl.ends_with(held)
+        );
+        assert!(
+            queue::cancel("dbo")
+                .unwrap()
+                .contains("[queue] = @P1 AND [dedup_key] = @P2 AND ([lease_token] IS NULL")
+        );
+        assert!(
+            queue::depth("dbo").unwrap().contains("FROM [dbo].[sync_queue_messages] WHERE [queue] = @P1")
+        );
+        assert!(queue::dead_letters("dbo").unwrap().starts_with("SELECT TOP (@P2)"));
+        assert!(
+            queue::create_tables("dbo")
+                .unwrap()
+                .contains("IF OBJECT_ID(N'[dbo].[sync_queue_messages]', N'U') IS NULL")
+        );
+        assert!(queue::send("bad]schema").is_err());
+    }
+}
