@@ -550,6 +550,26 @@ async fn restage_entity(
     Ok(())
 }
 
+/// The table of `meta` must fit SQL Server's column limit, with the
+/// store's two columns and, while a schema change runs, one scratch column
+/// per retyped attribute beside the old ones.
+fn check_columns(old: Option<&EntityMetadata>, new: &EntityMetadata) -> Result<()> {
+    let retyped = old.map_or(0, |o| {
+        new.attributes.iter().filter(|a| o.attribute(a.name.as_str()).is_some_and(|p| p.ty != a.ty)).count()
+    });
+    let peak = (old.map_or(0, |o| o.attributes.len()) + retyped).max(new.attributes.len()) + 2;
+    if peak > sql::MAX_TABLE_COLUMNS {
+        return Err(Error::invalid(format!(
+            "entity '{}' needs {peak} columns on SQL Server (its attributes, 2 of the store's{}), \
+             more than the {} a table may have",
+            new.name,
+            if retyped > 0 { ", one per retyped attribute while it changes" } else { "" },
+            sql::MAX_TABLE_COLUMNS
+        )));
+    }
+    Ok(())
+}
+
 /// Names this store keeps for itself.
 fn check_reserved(meta: &EntityMetadata) -> Result<()> {
     let reserved = |name: &str| name.to_ascii_lowercase().starts_with(sql::RESERVED_PREFIX);
@@ -574,7 +594,9 @@ fn check_reserved(meta: &EntityMetadata) -> Result<()> {
 /// Creates or evolves an entity's table (see [`OrgStaging::apply_schema`]).
 async fn evolve_schema(c: &mut Conn, tx: &mut Tx, meta: &EntityMetadata) -> R<SchemaChange> {
     let schema = tx.schema.clone();
-    let change = match load_schema(c, &schema, &meta.name).await? {
+    let old = load_schema(c, &schema, &meta.name).await?;
+    check_columns(old.as_ref(), meta)?;
+    let change = match old {
         None => {
             let clash =
                 query(c, &sql::schema_case_clash(&schema)?, &[Param::text(meta.name.as_str())]).await?;
@@ -1331,5 +1353,106 @@ impl OrgStaging for SqlServerOrgStaging {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_core::{AttributeType, ColumnName};
+
+    fn key(s: &str) -> PartitionKey {
+        PartitionKey::new(s).unwrap()
+    }
+
+    fn id(s: &str) -> RowId {
+        RowId::new(s).unwrap()
+    }
+
+    fn meta(n: usize) -> EntityMetadata {
+        let mut attrs = vec![Attribute::new(ColumnName::new("id").unwrap(), AttributeType::Integer)];
+        attrs.extend(
+            (1..n).map(|i| Attribute::new(ColumnName::new(format!("c{i}")).unwrap(), AttributeType::String)),
+        );
+        EntityMetadata::new(EntityName::new("task").unwrap(), ColumnName::new("id").unwrap(), attrs).unwrap()
+    }
+
+    /// The checksum deltas a write leaves equal the in-memory rules: a put
+    /// replaces the member's previous version, a remove takes a live member
+    /// out, a remove of a non-member does nothing.
+    #[test]
+    fn membership_deltas_follow_the_core_checksum() {
+        let entity = EntityName::new("task").unwrap();
+        let mut m = Membership::new(entity.clone());
+        m.live.entry(id("r1")).or_default().insert(key("p/a"), Seq(3));
+        // r1 moves from p/a to p/b at seq 10; r2 enters p/a at seq 11; r3
+        // (not a member) is removed from p/a: nothing.
+        m.remove(&key("p/a"), &id("r1"), Seq(10));
+        m.put(&key("p/b"), &id("r1"), Seq(10), Seq(10));
+        m.put(&key("p/a"), &id("r2"), Seq(11), Seq(11));
+        m.remove(&key("p/a"), &id("r3"), Seq(12));
+        // r2 changes again in the same write: one op, the latest.
+        m.put(&key("p/a"), &id("r2"), Seq(13), Seq(13));
+
+        let mut a = Checksum::default();
+        a.add(&entity, &id("r1"), Seq(3));
+        let before_a = a;
+        a.remove(&entity, &id("r1"), Seq(3));
+        a.add(&entity, &id("r2"), Seq(13));
+        let (sum, count) = m.sums[&key("p/a")];
+        assert_eq!(before_a.sum.wrapping_add(sum), a.sum);
+        assert_eq!(before_a.count as i64 + count, a.count as i64);
+        let mut b = Checksum::default();
+        b.add(&entity, &id("r1"), Seq(10));
+        assert_eq!(m.sums[&key("p/b")], (b.sum, 1));
+
+        assert_eq!(m.ops.len(), 3, "one op per (partition, row)");
+        assert_eq!(
+            m.ops[&(key("p/a"), id("r1"))],
+            (Seq(10), Seq(10), true),
+            "a remove is a tombstone at its seq"
+        );
+        assert_eq!(m.ops[&(key("p/a"), id("r2"))], (Seq(13), Seq(13), false));
+        assert!(!m.ops.contains_key(&(key("p/a"), id("r3"))), "a non-member's remove writes nothing");
+        assert_eq!(m.parts(&id("r1")), BTreeSet::from([key("p/b")]));
+        assert_eq!(m.parts(&id("r3")), BTreeSet::new());
+    }
+
+    #[test]
+    fn a_put_then_remove_in_one_write_nets_out() {
+        let mut m = Membership::new(EntityName::new("task").unwrap());
+        m.put(&key("p/a"), &id("r5"), Seq(1), Seq(1));
+        m.remove(&key("p/a"), &id("r5"), Seq(2));
+        assert_eq!(m.sums[&key("p/a")], (0, 0));
+        assert_eq!(m.ops[&(key("p/a"), id("r5"))], (Seq(2), Seq(2), true));
+    }
+
+    #[test]
+    fn reserved_names_and_column_limits_are_invalid_input() {
+        let mut m = meta(3);
+        check_reserved(&m).unwrap();
+        m.attributes.push(Attribute::new(ColumnName::new("_SYNC_version").unwrap(), AttributeType::Integer));
+        assert_eq!(check_reserved(&m).unwrap_err().kind(), sync_core::ErrorKind::InvalidInput);
+        let mut m = meta(3);
+        m.name = EntityName::new("_sync_meta").unwrap();
+        assert!(check_reserved(&m).is_err());
+
+        check_columns(None, &meta(1022)).unwrap();
+        assert!(check_columns(None, &meta(1023)).is_err(), "1023 attributes + 2 store columns > 1024");
+        // Retyping 10 attributes of a 1020-attribute entity needs 10 scratch columns at once.
+        let old = meta(1020);
+        let mut new = old.clone();
+        for a in new.attributes.iter_mut().skip(1).take(10) {
+            a.ty = AttributeType::Integer;
+        }
+        assert!(check_columns(Some(&old), &new).is_err());
+        check_columns(Some(&meta(1000)), &meta(1000)).unwrap();
+    }
+
+    #[test]
+    fn row_ids_with_trailing_spaces_are_refused() {
+        let e = EntityName::new("task").unwrap();
+        check_row_id(&e, &id("a b")).unwrap();
+        assert!(check_row_id(&e, &id("a ")).is_err());
     }
 }

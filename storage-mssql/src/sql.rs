@@ -133,16 +133,26 @@ pub fn rows_per_request(width: usize) -> usize {
 // Transactions
 // ---------------------------------------------------------------------------
 
+/// The session options SQL Server requires to write a table with an indexed
+/// computed column (`_sync_partitions.key_hash`), set explicitly rather than
+/// trusting the login's defaults (a plain batch).
+pub const SESSION_OPTIONS: &str = "SET ANSI_NULLS ON; SET ANSI_PADDING ON; SET ANSI_WARNINGS ON; \
+     SET ARITHABORT ON; SET CONCAT_NULL_YIELDS_NULL ON; SET QUOTED_IDENTIFIER ON; SET NUMERIC_ROUNDABORT OFF;";
+
 /// Opens a staging write transaction (a plain batch): errors abort and roll
 /// back the whole transaction, read-committed reads.
-pub const BEGIN_WRITE: &str =
-    "SET XACT_ABORT ON; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN TRANSACTION;";
+pub const BEGIN_WRITE: &str = "SET ANSI_NULLS ON; SET ANSI_PADDING ON; SET ANSI_WARNINGS ON; \
+     SET ARITHABORT ON; SET CONCAT_NULL_YIELDS_NULL ON; SET QUOTED_IDENTIFIER ON; SET NUMERIC_ROUNDABORT OFF; \
+     SET XACT_ABORT ON; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN TRANSACTION;";
 
 /// Opens a read transaction on one snapshot (a plain batch): every read
 /// until [`COMMIT`] sees the org as of the first read. Needs
 /// `ALLOW_SNAPSHOT_ISOLATION ON`, which provisioning sets.
 pub const BEGIN_SNAPSHOT: &str =
     "SET XACT_ABORT ON; SET TRANSACTION ISOLATION LEVEL SNAPSHOT; BEGIN TRANSACTION;";
+
+/// Most columns of a SQL Server table.
+pub const MAX_TABLE_COLUMNS: usize = 1024;
 
 /// Commits and puts the connection back to read committed (a plain batch).
 pub const COMMIT: &str = "COMMIT TRANSACTION; SET TRANSACTION ISOLATION LEVEL READ COMMITTED;";
@@ -1381,10 +1391,15 @@ mod tests {
     #[test]
     fn transactions_and_locks() {
         assert!(BEGIN_WRITE.contains("SET XACT_ABORT ON") && BEGIN_WRITE.ends_with("BEGIN TRANSACTION;"));
+        assert!(BEGIN_WRITE.starts_with(SESSION_OPTIONS), "writes run with the indexed-view options");
+        assert!(
+            SESSION_OPTIONS.contains("SET QUOTED_IDENTIFIER ON")
+                && SESSION_OPTIONS.contains("SET ARITHABORT ON")
+        );
         assert!(BEGIN_SNAPSHOT.contains("SET TRANSACTION ISOLATION LEVEL SNAPSHOT; BEGIN TRANSACTION;"));
         assert!(COMMIT.starts_with("COMMIT TRANSACTION;") && COMMIT.contains("READ COMMITTED"));
         assert!(ROLLBACK.starts_with("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;"));
-        for plain in [BEGIN_WRITE, BEGIN_SNAPSHOT, COMMIT, ROLLBACK] {
+        for plain in [SESSION_OPTIONS, BEGIN_WRITE, BEGIN_SNAPSHOT, COMMIT, ROLLBACK] {
             assert!(params_of(plain).is_empty(), "plain batches bind nothing: {plain}");
         }
         assert!(TAKE_ORG_LOCK.contains(

@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use sync_core::{Error, OrgConfig, OrgId, OrgStaging, Result, StagingStore};
 
 use crate::config::{OrgLayout, SqlServerConfig};
-use crate::db::{execute, first, query, with_conn};
+use crate::db::{batch, execute, first, query, with_conn};
 use crate::error::{MssqlError, R};
 use crate::org::{ControlRef, HandleParts, Place, SqlServerOrgStaging, read_state};
-use crate::pool::{Pool, Pooled};
+use crate::pool::{Conn, Pool, Pooled};
 use crate::sql;
 use crate::values::{Param, get_str};
 
@@ -216,14 +216,20 @@ impl SqlServerStagingStore {
         }
         let place = self.place(org)?;
         let fresh = uuid::Uuid::new_v4().simple().to_string();
-        with_conn(&place.pool, async |c| {
+        let init = async |c: &mut Conn| {
+            batch(c, sql::SESSION_OPTIONS).await?;
             for ddl in sql::create_org_tables(&place.schema)? {
                 execute(c, &ddl, &[]).await?;
             }
             let rows = query(c, &sql::init_org(&place.schema)?, &[Param::text(fresh.clone())]).await?;
             Ok(get_str(first(&rows, "init_org")?, 0, "incarnation")?.to_owned())
-        })
-        .await
+        };
+        match self.inner.config.layout {
+            // The org's tables live in the control database: use the
+            // connection already held, so a pool of one connection suffices.
+            OrgLayout::SchemaPerOrg => lock.conn.run(init).await,
+            OrgLayout::DatabasePerOrg => with_conn(&place.pool, init).await,
+        }
     }
 
     /// Drops the org's database or schema.
