@@ -834,17 +834,19 @@ pub mod control {
     }
 }
 
-/// `CREATE DATABASE` of an org (database-per-org layout) when missing, then
-/// snapshot reads allowed and multi-user access (a drop interrupted after
-/// `SET SINGLE_USER` leaves it single-user). `@P1` is the name. The name
-/// cannot be a parameter in DDL; it is a validated identifier,
-/// bracket-quoted. Must run outside a transaction.
+/// `CREATE DATABASE` of an org (database-per-org layout) when missing, then,
+/// only where needed, multi-user access (a drop interrupted after
+/// `SET SINGLE_USER` leaves it single-user) and snapshot reads allowed.
+/// `@P1` is the name. The name cannot be a parameter in DDL; it is a
+/// validated identifier, bracket-quoted. Must run outside a transaction.
 pub fn create_database(name: &str) -> Result<String> {
     sync_core::ids::validate_identifier("database", name)?;
     let q = quote(name);
     Ok(format!(
         "IF DB_ID(@P1) IS NULL CREATE DATABASE {q}; \
+         IF EXISTS (SELECT 1 FROM sys.databases WHERE [name] = @P1 AND [user_access] <> 0) \
          ALTER DATABASE {q} SET MULTI_USER; \
+         IF EXISTS (SELECT 1 FROM sys.databases WHERE [name] = @P1 AND [snapshot_isolation_state] = 0) \
          ALTER DATABASE {q} SET ALLOW_SNAPSHOT_ISOLATION ON;"
     ))
 }
@@ -1417,7 +1419,10 @@ mod tests {
     fn provisioning_in_both_layouts() {
         assert_eq!(
             create_database("sync_org_a").unwrap(),
-            "IF DB_ID(@P1) IS NULL CREATE DATABASE [sync_org_a]; ALTER DATABASE [sync_org_a] SET MULTI_USER; \
+            "IF DB_ID(@P1) IS NULL CREATE DATABASE [sync_org_a]; \
+             IF EXISTS (SELECT 1 FROM sys.databases WHERE [name] = @P1 AND [user_access] <> 0) \
+             ALTER DATABASE [sync_org_a] SET MULTI_USER; \
+             IF EXISTS (SELECT 1 FROM sys.databases WHERE [name] = @P1 AND [snapshot_isolation_state] = 0) \
              ALTER DATABASE [sync_org_a] SET ALLOW_SNAPSHOT_ISOLATION ON;"
         );
         assert_eq!(

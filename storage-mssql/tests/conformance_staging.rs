@@ -29,12 +29,13 @@ mod server {
 
     impl Drop for Scratch {
         fn drop(&mut self) {
-            let store = self.0.clone();
-            // The check's runtime is being torn down: clean up on a thread
-            // with a runtime of its own.
+            let config = self.0.config().clone();
+            // Dropped inside the check's runtime, which this thread blocks:
+            // clean up on a thread with a runtime and connections of its own
+            // (the store's pooled connections belong to the blocked runtime).
             let cleanup = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(store.uninstall())
+                rt.block_on(async { SqlServerStagingStore::connect(&config).await?.uninstall().await })
             });
             if let Ok(Err(e)) = cleanup.join() {
                 eprintln!("cleaning up a conformance store failed: {e}");
