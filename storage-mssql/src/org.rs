@@ -834,6 +834,19 @@ async fn pull_page(c: &mut Conn, schema: &str, head: Seq, plan: &PullPlan) -> R<
     Ok(PullPage { changes, positions, more, head, checksums })
 }
 
+/// Whether an idempotent statement that failed as a deadlock victim (two
+/// `MERGE … WITH (HOLDLOCK)` inserting into one key range can deadlock)
+/// should run again: up to three attempts, after a short pause.
+async fn retry_deadlock<T>(result: &Result<T>, attempt: u64) -> bool {
+    match result {
+        Err(Error::Unavailable { message, .. }) if attempt < 3 && message.contains("deadlock") => {
+            tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A handle on one org's staging data on SQL Server (see [`OrgStaging`]),
 /// made by [`SqlServerStagingStore::org`](crate::SqlServerStagingStore).
 ///
@@ -1258,22 +1271,29 @@ impl OrgStaging for SqlServerOrgStaging {
     async fn record_mutation(&self, id: &MutationId, record: &MutationRecord) -> Result<()> {
         let outcome = journal::encode(&record.outcome)?;
         let checkpoint = Param::seq(record.checkpoint)?;
-        let recorded = self
-            .read(false, async |c, _| {
-                let rows = query(
-                    c,
-                    &sql::record_mutation(&self.place.schema)?,
-                    &[
-                        Param::Guid(Some(id.0)),
-                        Param::text(record.fingerprint.clone()),
-                        Param::text(outcome.clone()),
-                        checkpoint.clone(),
-                    ],
-                )
-                .await?;
-                Ok(get_str(first(&rows, "record_mutation")?, 0, "fingerprint")?.to_owned())
-            })
-            .await?;
+        let mut attempt = 0;
+        let recorded = loop {
+            attempt += 1;
+            let result = self
+                .read(false, async |c, _| {
+                    let rows = query(
+                        c,
+                        &sql::record_mutation(&self.place.schema)?,
+                        &[
+                            Param::Guid(Some(id.0)),
+                            Param::text(record.fingerprint.clone()),
+                            Param::text(outcome.clone()),
+                            checkpoint.clone(),
+                        ],
+                    )
+                    .await?;
+                    Ok(get_str(first(&rows, "record_mutation")?, 0, "fingerprint")?.to_owned())
+                })
+                .await;
+            if !retry_deadlock(&result, attempt).await {
+                break result?;
+            }
+        };
         if recorded == record.fingerprint {
             Ok(())
         } else {
@@ -1285,21 +1305,29 @@ impl OrgStaging for SqlServerOrgStaging {
 
     async fn record_run(&self, report: &SyncRunReport) -> Result<()> {
         let rows = i64::try_from(report.rows_applied).unwrap_or(i64::MAX);
-        self.read(false, async |c, _| {
-            execute(
-                c,
-                &sql::record_run(&self.place.schema)?,
-                &[
-                    Param::text(report.entity.as_str()),
-                    Param::Dto(Some(values::fit_datetime(report.at)?)),
-                    Param::I64(Some(rows)),
-                    Param::Str(report.error.clone()),
-                ],
-            )
-            .await?;
-            Ok(())
-        })
-        .await
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .read(false, async |c, _| {
+                    execute(
+                        c,
+                        &sql::record_run(&self.place.schema)?,
+                        &[
+                            Param::text(report.entity.as_str()),
+                            Param::Dto(Some(values::fit_datetime(report.at)?)),
+                            Param::I64(Some(rows)),
+                            Param::Str(report.error.clone()),
+                        ],
+                    )
+                    .await?;
+                    Ok(())
+                })
+                .await;
+            if !retry_deadlock(&result, attempt).await {
+                return result;
+            }
+        }
     }
 
     async fn status(&self) -> Result<OrgStatus> {
