@@ -83,6 +83,11 @@ pub struct SqlServerConfig {
     /// each org database has a pool of its own, opened on first use).
     /// Default 4.
     pub org_pool_size: usize,
+    /// Most org databases a process keeps a pool open for (database-per-org
+    /// layout); past it, the least recently used org's pool is closed and
+    /// reopened on its next use. Bounds a process's connections to about
+    /// `pool_size + org_pool_size × max_org_pools`. Default 64.
+    pub max_org_pools: usize,
     /// Bound on opening a connection (TCP, pre-login, TLS, login), and on
     /// waiting for a free pooled connection. Default 15 s.
     pub connect_timeout: Duration,
@@ -118,6 +123,7 @@ impl SqlServerConfig {
             control_schema: "dbo".to_owned(),
             pool_size: 10,
             org_pool_size: 4,
+            max_org_pools: 64,
             connect_timeout: Duration::from_secs(15),
             command_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(10),
@@ -147,6 +153,9 @@ impl SqlServerConfig {
         }
         if self.org_pool_size == 0 {
             return Err(Error::invalid("org_pool_size must be at least 1"));
+        }
+        if self.max_org_pools == 0 {
+            return Err(Error::invalid("max_org_pools must be at least 1"));
         }
         if self.max_deliveries == 0 {
             return Err(Error::invalid("max_deliveries must be at least 1"));
@@ -229,6 +238,9 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = SqlServerConfig::from_ado("server=tcp:localhost,1433");
         c.org_pool_size = 0;
+        assert!(c.validate().is_err());
+        let mut c = SqlServerConfig::from_ado("server=tcp:localhost,1433");
+        c.max_org_pools = 0;
         assert!(c.validate().is_err());
         let mut c = SqlServerConfig::from_ado("server=tcp:localhost,1433");
         c.poll_interval = Duration::ZERO;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use sync_core::{Error, OrgConfig, OrgId, OrgStaging, Result, StagingStore};
@@ -46,8 +47,9 @@ struct Inner {
     config: SqlServerConfig,
     tds: tiberius::Config,
     control: Pool,
-    /// Pools of org databases (database-per-org), by database name.
-    org_pools: Mutex<HashMap<String, Pool>>,
+    /// Pools of org databases (database-per-org), by database name, at
+    /// most `max_org_pools` of them.
+    org_pools: Mutex<HashMap<String, OrgPool>>,
     /// One handle per org, so that every caller shares its head watch.
     handles: Mutex<HashMap<OrgId, Arc<SqlServerOrgStaging>>>,
 }
@@ -60,6 +62,13 @@ impl std::fmt::Debug for SqlServerStagingStore {
             .field("database_prefix", &self.inner.config.database_prefix)
             .finish_non_exhaustive()
     }
+}
+
+/// The pool of one org database and when it was last used.
+struct OrgPool {
+    pool: Pool,
+    last_used: Instant,
+    org: OrgId,
 }
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -173,15 +182,45 @@ impl SqlServerStagingStore {
         Ok(match self.inner.config.layout {
             OrgLayout::SchemaPerOrg => Place { pool: self.inner.control.clone(), schema: name },
             OrgLayout::DatabasePerOrg => {
+                let now = Instant::now();
                 let mut pools = guard(&self.inner.org_pools);
-                let pool = pools
-                    .entry(name.clone())
-                    .or_insert_with(|| {
+                let pool = match pools.get_mut(&name) {
+                    Some(entry) => {
+                        entry.last_used = now;
+                        entry.pool.clone()
+                    }
+                    None => {
                         let mut tds = self.inner.tds.clone();
                         tds.database(&name);
-                        Pool::new(tds, self.inner.config.org_pool_size, self.inner.config.connect_timeout)
-                    })
-                    .clone();
+                        let pool = Pool::new(
+                            tds,
+                            self.inner.config.org_pool_size,
+                            self.inner.config.connect_timeout,
+                        );
+                        pools.insert(
+                            name.clone(),
+                            OrgPool { pool: pool.clone(), last_used: now, org: org.clone() },
+                        );
+                        pool
+                    }
+                };
+                // Past the bound, the least recently used org database's
+                // pool (and its cached handle) goes: its idle connections
+                // close once no caller holds that handle any more.
+                let evicted = if pools.len() > self.inner.config.max_org_pools {
+                    let oldest = pools
+                        .iter()
+                        .filter(|(n, _)| **n != name)
+                        .min_by_key(|(_, e)| e.last_used)
+                        .map(|(n, _)| n.clone());
+                    oldest.and_then(|n| pools.remove(&n)).map(|e| e.org)
+                } else {
+                    None
+                };
+                drop(pools);
+                if let Some(org) = evicted {
+                    guard(&self.inner.handles).remove(&org);
+                }
                 Place { pool, schema: "dbo".to_owned() }
             }
         })
@@ -319,13 +358,14 @@ impl StagingStore for SqlServerStagingStore {
             .await?;
         let row = rows.first().ok_or_else(|| Error::not_found(format!("org '{org}'")))?;
         let incarnation = get_str(row, 1, "incarnation").map_err(Error::from)?.to_owned();
+        // Looked up first: it marks the org database's pool as recently used.
+        let place = self.place(org)?;
         if let Some(handle) = guard(&self.inner.handles).get(org)
             && handle.incarnation_str() == incarnation
             && !handle.is_retired()
         {
             return Ok(handle.clone() as Arc<dyn OrgStaging>);
         }
-        let place = self.place(org)?;
         let schema = place.schema.clone();
         let state = with_conn(&place.pool, async |c| read_state(c, &schema).await).await?;
         let Some(state) = state else {
