@@ -263,8 +263,8 @@ fn row_columns(meta: &EntityMetadata) -> String {
     cols.join(", ")
 }
 
-/// Reads the rows whose ids are `@P1..@Pn` (`n` = `count`): the columns of
-/// [`row_columns`] order.
+/// Reads the rows whose ids are `@P1..@Pn` (`n` = `count`): the row id,
+/// every attribute in metadata order, then the version.
 pub fn select_rows(schema: &str, meta: &EntityMetadata, count: usize) -> Result<String> {
     Ok(format!(
         "SELECT {} FROM {} WHERE {} IN ({})",
