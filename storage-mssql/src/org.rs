@@ -946,11 +946,14 @@ impl SqlServerOrgStaging {
         if self.is_retired() {
             return self.gone();
         }
+        // A missing table or database, or a connection that died (another
+        // process's drop_org kills the sessions on an org database), may
+        // mean the org is gone: ask the control plane.
         let missing_object = matches!(
             &e,
             MssqlError::Tds(tiberius::error::Error::Server(t))
                 if matches!(t.code(), codes::INVALID_OBJECT | codes::CANNOT_OPEN_DATABASE | codes::DATABASE_MISSING)
-        );
+        ) || matches!(&e, MssqlError::Tds(tiberius::error::Error::Io { .. }));
         if missing_object {
             let schema = self.control.schema.clone();
             let id = self.id.as_str().to_owned();
