@@ -76,8 +76,18 @@ pub struct SqlServerConfig {
     /// Schema of the control tables and the queue tables in the control
     /// database. Default `dbo`.
     pub control_schema: String,
-    /// Most open connections per pool. Default 10.
+    /// Most open connections of the control pool (control tables, queue,
+    /// and every org's staging data in the schema-per-org layout). Default 10.
     pub pool_size: usize,
+    /// Most open connections per org database (database-per-org layout:
+    /// each org database has a pool of its own, opened on first use).
+    /// Default 4.
+    pub org_pool_size: usize,
+    /// Most org databases a process keeps a pool open for (database-per-org
+    /// layout); past it, the least recently used org's pool is closed and
+    /// reopened on its next use. Bounds a process's connections to about
+    /// `pool_size + org_pool_size × max_org_pools`. Default 64.
+    pub max_org_pools: usize,
     /// Bound on opening a connection (TCP, pre-login, TLS, login), and on
     /// waiting for a free pooled connection. Default 15 s.
     pub connect_timeout: Duration,
@@ -90,6 +100,11 @@ pub struct SqlServerConfig {
     /// Deliveries after which a queue message is dead-lettered. Default
     /// [`DEFAULT_MAX_DELIVERIES`].
     pub max_deliveries: u32,
+    /// How often a watched org's head is read from the server while some
+    /// receiver of [`watch_head`](sync_core::OrgStaging::watch_head) is
+    /// alive, so that commits made by other processes wake live pulls.
+    /// Commits made through this process notify at once. Default 500 ms.
+    pub poll_interval: Duration,
 }
 
 impl SqlServerConfig {
@@ -107,11 +122,23 @@ impl SqlServerConfig {
             database_prefix: "sync_org_".to_owned(),
             control_schema: "dbo".to_owned(),
             pool_size: 10,
+            org_pool_size: 4,
+            max_org_pools: 64,
             connect_timeout: Duration::from_secs(15),
             command_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(10),
             max_deliveries: DEFAULT_MAX_DELIVERIES,
+            poll_interval: Duration::from_millis(500),
         }
+    }
+
+    /// The name of `org`'s database (database-per-org) or schema
+    /// (schema-per-org): `<database_prefix><org>`. Errors: `InvalidInput`
+    /// when it is longer than SQL Server's 128-character identifiers.
+    pub fn org_container(&self, org: &sync_core::OrgId) -> Result<String> {
+        let name = format!("{}{}", self.database_prefix, org.as_str());
+        sync_core::ids::validate_identifier("org database or schema", &name)?;
+        Ok(name)
     }
 
     /// Checks the configuration: names are identifiers, sizes and timeouts
@@ -124,6 +151,12 @@ impl SqlServerConfig {
         if self.pool_size == 0 {
             return Err(Error::invalid("pool_size must be at least 1"));
         }
+        if self.org_pool_size == 0 {
+            return Err(Error::invalid("org_pool_size must be at least 1"));
+        }
+        if self.max_org_pools == 0 {
+            return Err(Error::invalid("max_org_pools must be at least 1"));
+        }
         if self.max_deliveries == 0 {
             return Err(Error::invalid("max_deliveries must be at least 1"));
         }
@@ -131,6 +164,7 @@ impl SqlServerConfig {
             ("connect_timeout", self.connect_timeout),
             ("command_timeout", self.command_timeout),
             ("lock_timeout", self.lock_timeout),
+            ("poll_interval", self.poll_interval),
         ] {
             if d.is_zero() {
                 return Err(Error::invalid(format!("{name} must not be zero")));
@@ -201,6 +235,15 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = SqlServerConfig::from_ado("server=tcp:localhost,1433");
         c.command_timeout = Duration::ZERO;
+        assert!(c.validate().is_err());
+        let mut c = SqlServerConfig::from_ado("server=tcp:localhost,1433");
+        c.org_pool_size = 0;
+        assert!(c.validate().is_err());
+        let mut c = SqlServerConfig::from_ado("server=tcp:localhost,1433");
+        c.max_org_pools = 0;
+        assert!(c.validate().is_err());
+        let mut c = SqlServerConfig::from_ado("server=tcp:localhost,1433");
+        c.poll_interval = Duration::ZERO;
         assert!(c.validate().is_err());
     }
 }

@@ -61,11 +61,7 @@ fn decode(data: &ColumnData<'static>, ty: &AttributeType) -> Result<Value, Decod
             None => return Err(mismatch(ty, d)),
         },
 
-        (T::Decimal, D::Numeric(Some(n))) => {
-            let d = Decimal::try_from_i128_with_scale(n.value(), u32::from(n.scale()))
-                .map_err(|e| bad(format!("the decimal {n} ({e})")))?;
-            Value::Decimal(d.normalize())
-        }
+        (T::Decimal, D::Numeric(Some(n))) => Value::Decimal(decimal_of(*n).map_err(bad)?),
         (T::Decimal, d) => match integer(d) {
             Some(i) => Value::Decimal(Decimal::from(i)),
             None => return Err(mismatch(ty, d)),
@@ -122,6 +118,22 @@ fn decode(data: &ColumnData<'static>, ty: &AttributeType) -> Result<Value, Decod
         (_, d) => return Err(mismatch(ty, d)),
     };
     Ok(value)
+}
+
+/// A `decimal`/`numeric` cell as a normalized [`Decimal`]. Trailing zeros of
+/// the scale are dropped first, so a `decimal(38,10)` value whose padded
+/// mantissa is wider than rust_decimal's 96 bits still reads when its
+/// digits fit. Errors: a description of a value that does not fit.
+pub(crate) fn decimal_of(n: tiberius::numeric::Numeric) -> Result<Decimal, String> {
+    let mut value = n.value();
+    let mut scale = u32::from(n.scale());
+    while scale > 0 && value % 10 == 0 {
+        value /= 10;
+        scale -= 1;
+    }
+    Decimal::try_from_i128_with_scale(value, scale)
+        .map(|d| d.normalize())
+        .map_err(|e| format!("the decimal {n} ({e})"))
 }
 
 /// An integer cell of any width, widened to `i64`.

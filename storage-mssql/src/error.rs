@@ -98,6 +98,14 @@ pub(crate) mod codes {
     pub(crate) const LOGIN_FAILED: u32 = 18456;
     /// Cannot open the database requested by the login.
     pub(crate) const CANNOT_OPEN_DATABASE: u32 = 4060;
+    /// Invalid object name (a table of a dropped org).
+    pub(crate) const INVALID_OBJECT: u32 = 208;
+    /// Database does not exist.
+    pub(crate) const DATABASE_MISSING: u32 = 911;
+    /// A snapshot transaction's update conflicted with another transaction.
+    pub(crate) const SNAPSHOT_CONFLICT: u32 = 3960;
+    /// A snapshot transaction read an object altered by DDL after it began.
+    pub(crate) const SNAPSHOT_DDL: u32 = 3961;
     /// The application lock could not be granted (raised by this crate's batches).
     pub(crate) const APPLOCK_NOT_GRANTED: u32 = 51000;
     /// Azure SQL transient errors: database unavailable, service busy,
@@ -119,6 +127,10 @@ impl From<MssqlError> for sync_core::Error {
                     codes::DEADLOCK => {
                         retry(format!("chosen as a deadlock victim, retry: {}", token.message()), 50)
                     }
+                    codes::SNAPSHOT_CONFLICT | codes::SNAPSHOT_DDL => retry(
+                        format!("a snapshot read met a concurrent schema change, retry: {}", token.message()),
+                        50,
+                    ),
                     codes::LOCK_TIMEOUT | codes::APPLOCK_NOT_GRANTED => {
                         retry(format!("a lock was not granted in time: {}", token.message()), 100)
                     }

@@ -51,10 +51,33 @@ use crate::value::Value;
 /// });
 /// # fn main() {}
 /// ```
+///
+/// An adapter whose server is not reachable (e.g. no environment variable
+/// names one) writes `staging_store_conformance!(skip = "why")` instead: the
+/// same tests, each reported by `cargo test` as ignored with the reason, so
+/// a skipped check never counts as a pass.
+///
+/// ```
+/// sync_core::staging_store_conformance!(skip = "no server configured");
+/// # fn main() {}
+/// ```
 #[macro_export]
 macro_rules! staging_store_conformance {
+    (skip = $reason:literal $(,)?) => {
+        $crate::staging_store_conformance!(@list (@skip $reason));
+    };
+    (@checks @skip $reason:literal; $($check:ident),+ $(,)?) => {
+        $(
+            #[test]
+            #[ignore = $reason]
+            fn $check() {}
+        )+
+    };
     ($factory:expr $(,)?) => {
-        $crate::staging_store_conformance!(@checks $factory;
+        $crate::staging_store_conformance!(@list ($factory));
+    };
+    (@list ($($mode:tt)+)) => {
+        $crate::staging_store_conformance!(@checks $($mode)+;
             check_org_lifecycle,
             check_org_directory,
             check_schema_evolution,

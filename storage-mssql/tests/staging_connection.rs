@@ -1,0 +1,76 @@
+//! `SqlServerStagingStore::connect` error paths against loopback TCP
+//! listeners and bad configurations: no SQL Server is needed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use storage_mssql::{OrgLayout, SqlServerConfig, SqlServerStagingStore};
+use sync_core::{ErrorKind, OrgId};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+fn config(port: u16) -> SqlServerConfig {
+    let mut c = SqlServerConfig::from_ado(format!(
+        "server=tcp:127.0.0.1,{port};database=offline_sync;user=sync;password=secret;TrustServerCertificate=true"
+    ));
+    c.connect_timeout = Duration::from_millis(500);
+    c.command_timeout = Duration::from_millis(500);
+    c
+}
+
+#[tokio::test]
+async fn refused_connection_is_unavailable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    for layout in [OrgLayout::DatabasePerOrg, OrgLayout::SchemaPerOrg] {
+        let mut c = config(port);
+        c.layout = layout;
+        let err = SqlServerStagingStore::connect(&c).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.is_retryable());
+    }
+}
+
+#[tokio::test]
+async fn stalled_server_times_out_within_the_connect_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = sock.read(&mut buf).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    let started = Instant::now();
+    let err = SqlServerStagingStore::connect(&config(port)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn bad_configurations_are_invalid_input_before_any_connection() {
+    let mut c = config(1);
+    c.control_schema = "dbo; DROP TABLE x".into();
+    assert_eq!(SqlServerStagingStore::connect(&c).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    let mut c = config(1);
+    c.database_prefix = "sync-org-".into();
+    assert_eq!(SqlServerStagingStore::connect(&c).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    let mut c = config(1);
+    c.org_pool_size = 0;
+    assert_eq!(SqlServerStagingStore::connect(&c).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    let mut c = config(1);
+    c.target = storage_mssql::ConnectionTarget::Ado("server=tcp:localhost,notaport".into());
+    assert_eq!(SqlServerStagingStore::connect(&c).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+}
+
+#[test]
+fn org_containers_are_prefixed_and_bounded() {
+    let c = config(1);
+    assert_eq!(c.org_container(&OrgId::new("contoso").unwrap()).unwrap(), "sync_org_contoso");
+    let long = OrgId::new("o".repeat(125)).unwrap();
+    let err = c.org_container(&long).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+}
