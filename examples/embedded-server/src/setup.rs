@@ -224,7 +224,11 @@ pub async fn run_on(
         let secrets = load_or_make_secrets(&config.data_dir)?;
         (
             if config.jwt_secret.is_empty() { secrets.jwt_secret } else { config.jwt_secret.clone() },
-            if config.cursor_secret.is_empty() { secrets.cursor_secret } else { config.cursor_secret.clone() },
+            if config.cursor_secret.is_empty() {
+                secrets.cursor_secret
+            } else {
+                config.cursor_secret.clone()
+            },
         )
     } else {
         (config.jwt_secret.clone(), config.cursor_secret.clone())
