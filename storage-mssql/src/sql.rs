@@ -382,8 +382,9 @@ pub fn update_rows(schema: &str, entity: &str, columns: &[String], rows: usize) 
 ///
 /// Membership is clustered by `(pid, seq)`, so a pull reads a partition's
 /// ops in seq order from one range; a unique index on `(entity, row_id,
-/// pid)` finds a row's entries when it changes. Partition keys (up to 1,024
-/// bytes, too long for an index key) are found by a persisted SHA-256.
+/// pid)` finds a row's entries when it changes (the last statement, created
+/// when missing). Partition keys (up to 1,024 bytes, too long for an index
+/// key) are found by a persisted SHA-256.
 pub fn create_org_tables(schema: &str) -> Result<Vec<String>> {
     let t = |name: &str| qualified(schema, name);
     let name_col = format!("nvarchar(128) COLLATE {BIN2} NOT NULL");
@@ -434,8 +435,7 @@ pub fn create_org_tables(schema: &str) -> Result<Vec<String>> {
                 "CREATE TABLE {} ([pid] bigint NOT NULL, [entity] {name_col}, \
                  [row_id] nvarchar(256) COLLATE {BIN2} NOT NULL, [seq] bigint NOT NULL, [version] bigint NOT NULL, \
                  [removed] bit NOT NULL, \
-                 CONSTRAINT [PK__sync_membership] PRIMARY KEY CLUSTERED ([pid], [seq]), \
-                 INDEX [UX__sync_membership_row] UNIQUE ([entity], [row_id], [pid]) INCLUDE ([version], [removed]))",
+                 CONSTRAINT [PK__sync_membership] PRIMARY KEY CLUSTERED ([pid], [seq]))",
                 t("_sync_membership")?
             ),
         ),
@@ -463,12 +463,27 @@ pub fn create_org_tables(schema: &str) -> Result<Vec<String>> {
             ),
         ),
     ];
-    let mut out = Vec::with_capacity(tables.len());
+    let mut out = Vec::with_capacity(tables.len() + 1);
     for (name, ddl) in tables {
         out.push(format!("IF OBJECT_ID({}, N'U') IS NULL {ddl}", literal(&qualified(schema, name)?)));
     }
+    // An inline `INDEX` of `CREATE TABLE` takes no `INCLUDE` clause (SQL
+    // Server refuses it as a syntax error), so the covering index is its
+    // own statement, idempotent like the tables.
+    let membership = t("_sync_membership")?;
+    out.push(format!(
+        "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE [object_id] = OBJECT_ID({}, N'U') \
+         AND [name] = N'{MEMBERSHIP_ROW_INDEX}') \
+         CREATE UNIQUE NONCLUSTERED INDEX [{MEMBERSHIP_ROW_INDEX}] ON {membership} ([entity], [row_id], [pid]) \
+         INCLUDE ([version], [removed])",
+        literal(&membership)
+    ));
     Ok(out)
 }
+
+/// The unique index finding a row's membership entries (see
+/// [`create_org_tables`]).
+const MEMBERSHIP_ROW_INDEX: &str = "UX__sync_membership_row";
 
 /// Fills the bookkeeping rows of a new org when missing: incarnation `@P1`,
 /// head, schema version and tombstone floor 0. Returns the incarnation kept
@@ -1274,7 +1289,7 @@ mod tests {
             "_sync_runs",
             "_sync_mutations",
         ];
-        assert_eq!(tables.len(), names.len());
+        assert_eq!(tables.len(), names.len() + 1, "the tables, then the membership row index");
         for (ddl, name) in tables.iter().zip(names) {
             assert!(
                 ddl.starts_with(&format!(
@@ -1288,8 +1303,20 @@ mod tests {
         assert!(tables[4].contains(
             "[key_hash] AS CAST(HASHBYTES('SHA2_256', [partition_key]) AS binary(32)) PERSISTED NOT NULL"
         ));
-        assert!(tables[5].contains("PRIMARY KEY CLUSTERED ([pid], [seq])"));
-        assert!(tables[5].contains("UNIQUE ([entity], [row_id], [pid]) INCLUDE ([version], [removed])"));
+        assert!(tables[5].contains("PRIMARY KEY CLUSTERED ([pid], [seq]))"));
+        for ddl in &tables[..names.len()] {
+            // `CREATE TABLE`'s inline `INDEX` takes no `INCLUDE`: a syntax error on SQL Server.
+            assert!(!ddl.contains("INCLUDE"), "{ddl}");
+        }
+        let index = &tables[names.len()];
+        assert_eq!(
+            index,
+            "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE [object_id] = OBJECT_ID(N'[o].[_sync_membership]', N'U') \
+             AND [name] = N'UX__sync_membership_row') \
+             CREATE UNIQUE NONCLUSTERED INDEX [UX__sync_membership_row] ON [o].[_sync_membership] \
+             ([entity], [row_id], [pid]) INCLUDE ([version], [removed])"
+        );
+        assert!(balanced(index) && params_of(index).is_empty());
         let init = init_org("o").unwrap();
         assert!(init.contains("INSERT INTO [o].[_sync_info] ([name], [value]) VALUES (N'incarnation', @P1)"));
         assert!(init.ends_with("SELECT [value] FROM [o].[_sync_info] WHERE [name] = N'incarnation';"));
