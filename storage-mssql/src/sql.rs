@@ -761,7 +761,9 @@ pub mod control {
         let create_schema = format!("CREATE SCHEMA {}", quote(schema)).replace('\'', "''");
         Ok(format!(
             "SET XACT_ABORT ON; BEGIN TRAN; \
-             EXEC sp_getapplock @Resource = N'offline-sync/ddl/control', @LockMode = N'Exclusive', @LockOwner = N'Transaction'; \
+             DECLARE @rc int; EXEC @rc = sp_getapplock @Resource = N'offline-sync/ddl/control', @LockMode = N'Exclusive', \
+             @LockOwner = N'Transaction'; \
+             IF @rc < 0 THROW 51000, N'the control table creation lock was not granted', 1; \
              IF SCHEMA_ID(@P1) IS NULL EXEC(N'{create_schema}'); \
              IF OBJECT_ID({}, N'U') IS NULL CREATE TABLE {orgs} ([id] nvarchar(128) COLLATE {BIN2} NOT NULL PRIMARY KEY, \
              [config] nvarchar(max) NOT NULL, [incarnation] nvarchar(200) NOT NULL); \
@@ -927,7 +929,9 @@ pub mod queue {
         let ix = |n: &str| quote(n);
         Ok(format!(
             "SET XACT_ABORT ON; BEGIN TRAN; \
-             EXEC sp_getapplock @Resource = N'offline-sync/ddl/queue', @LockMode = N'Exclusive', @LockOwner = N'Transaction'; \
+             DECLARE @rc int; EXEC @rc = sp_getapplock @Resource = N'offline-sync/ddl/queue', @LockMode = N'Exclusive', \
+             @LockOwner = N'Transaction'; \
+             IF @rc < 0 THROW 51000, N'the queue table creation lock was not granted', 1; \
              IF OBJECT_ID(N'{ml}', N'U') IS NULL BEGIN \
              CREATE TABLE {m} ([id] bigint IDENTITY(1,1) NOT NULL PRIMARY KEY CLUSTERED, [queue] nvarchar(128) NOT NULL, \
              [body] varbinary(max) NOT NULL, [dedup_key] nvarchar(400) NULL, [visible_at] bigint NOT NULL, \
@@ -1474,6 +1478,12 @@ mod tests {
         let create = control::create_tables("ctl").unwrap();
         assert!(create.starts_with("SET XACT_ABORT ON; BEGIN TRAN;") && create.ends_with("COMMIT;"));
         assert!(create.contains("IF SCHEMA_ID(@P1) IS NULL EXEC(N'CREATE SCHEMA [ctl]');"));
+        // sp_getapplock reports a lock not granted (timeout, deadlock) by its
+        // return code, not by an error: the code is checked.
+        assert!(create.contains(
+            "DECLARE @rc int; EXEC @rc = sp_getapplock @Resource = N'offline-sync/ddl/control', \
+             @LockMode = N'Exclusive', @LockOwner = N'Transaction'; IF @rc < 0 THROW 51000,"
+        ));
         assert!(create.contains(
             "IF OBJECT_ID(N'[ctl].[sync_orgs]', N'U') IS NULL CREATE TABLE [ctl].[sync_orgs] \
              ([id] nvarchar(128) COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY"
@@ -1558,11 +1568,10 @@ mod tests {
             queue::depth("dbo").unwrap().contains("FROM [dbo].[sync_queue_messages] WHERE [queue] = @P1")
         );
         assert!(queue::dead_letters("dbo").unwrap().starts_with("SELECT TOP (@P2)"));
-        assert!(
-            queue::create_tables("dbo")
-                .unwrap()
-                .contains("IF OBJECT_ID(N'[dbo].[sync_queue_messages]', N'U') IS NULL")
-        );
+        let ddl = queue::create_tables("dbo").unwrap();
+        assert!(ddl.contains("IF OBJECT_ID(N'[dbo].[sync_queue_messages]', N'U') IS NULL"));
+        assert!(ddl.contains("EXEC @rc = sp_getapplock") && ddl.contains("IF @rc < 0 THROW 51000,"));
+        assert!(balanced(&ddl));
         assert!(queue::send("bad]schema").is_err());
     }
 }
