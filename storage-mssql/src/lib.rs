@@ -10,7 +10,9 @@
 //! default) with a small built-in connection pool: connect (TCP, TLS, login)
 //! and every command round trip are bounded by the configured timeouts, and
 //! a connection whose command failed at the transport level, timed out, or
-//! was cancelled mid-command is discarded rather than reused.
+//! was cancelled mid-command is discarded rather than reused; one whose
+//! command failed otherwise is rolled back before it is reused, so no
+//! transaction left open by a failure reaches the next user.
 //!
 //! ## Layout on the server
 //!

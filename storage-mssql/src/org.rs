@@ -1022,8 +1022,9 @@ impl SqlServerOrgStaging {
                     Ok(v)
                 }
                 Err(e) => {
-                    // A failed rollback leaves the connection suspect: it is
-                    // discarded by the pool on transport errors.
+                    // Should this rollback fail (or the commit above), the
+                    // pool rolls back again and discards the connection when
+                    // that fails too (`Pooled::run`).
                     let _ = batch(c, sql::ROLLBACK).await;
                     Err(e)
                 }

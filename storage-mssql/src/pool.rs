@@ -1,6 +1,7 @@
 //! A small connection pool for tiberius 0.13 (no published pool supports it
 //! yet): at most `size` connections, idle ones reused, a connection whose
-//! command failed at the transport level or timed out discarded.
+//! command failed at the transport level or timed out discarded, and one
+//! whose command failed otherwise rolled back before it is reused.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use crate::error::{MssqlError, R};
+use crate::sql;
 
 /// A TDS client over a tokio TCP stream.
 pub(crate) type Conn = Client<Compat<TcpStream>>;
@@ -93,18 +95,32 @@ impl Pooled {
 
     /// Runs `f` on the connection; a transport failure (I/O, timeout,
     /// protocol) discards the connection, since it may be mid-response.
+    ///
+    /// Any other failure may have left a transaction open on the session:
+    /// `f`'s own rollback failed or never ran, a `COMMIT` failed, or a
+    /// statement that opens and commits a transaction itself was stopped by
+    /// an error `XACT_ABORT` does not roll back (a compile-time error such
+    /// as a missing table). Such a connection would run its next user's
+    /// statements inside that transaction and hold its locks (an org's
+    /// write lock among them), so it is rolled back here ([`sql::ROLLBACK`],
+    /// harmless when nothing is open) and discarded when even that fails.
     pub(crate) async fn run<T, F>(&mut self, f: F) -> R<T>
     where
         F: AsyncFnOnce(&mut Conn) -> R<T>,
     {
         self.busy = true;
         let result = f(self.client()?).await;
-        self.busy = false;
-        if let Err(MssqlError::Tds(e)) = &result
-            && !matches!(e, tiberius::error::Error::Server(_))
-        {
-            self.discard();
+        if let Err(e) = &result {
+            if is_transport(e) {
+                self.discard();
+            } else if let Some(c) = self.conn.as_mut() {
+                let rolled_back = async { c.simple_query(sql::ROLLBACK).await?.into_results().await }.await;
+                if rolled_back.is_err() {
+                    self.discard();
+                }
+            }
         }
+        self.busy = false;
         result
     }
 
@@ -112,6 +128,11 @@ impl Pooled {
     pub(crate) fn discard(&mut self) {
         self.conn = None;
     }
+}
+
+/// A failure of the connection itself rather than of a statement.
+fn is_transport(e: &MssqlError) -> bool {
+    matches!(e, MssqlError::Tds(e) if !matches!(e, tiberius::error::Error::Server(_)))
 }
 
 impl Drop for Pooled {

@@ -409,3 +409,32 @@ async fn server_errors_map_to_error_kinds_and_keep_the_connection() {
     // A server error leaves the connection in step: it was kept.
     assert_eq!(mock.logins().await.len(), 1);
 }
+
+/// A command that failed with a server error may have left a transaction
+/// open (a compile-time error inside a statement that began one is not
+/// rolled back by `XACT_ABORT`): the pool rolls the session back before the
+/// connection is reused, and drops a connection it could not roll back.
+#[tokio::test]
+async fn a_failed_command_is_rolled_back_and_a_connection_that_cannot_be_is_dropped() {
+    let mock = Mock::plain().await;
+    let queue = SqlServerQueue::connect(&mock.config(PLAINTEXT)).await.unwrap();
+    let missing =
+        || QueryResponse::error_only(TerminalError::new(208, 16, "Invalid object name 'dbo.nope'."));
+    mock.script("SELECT 1", missing()).await;
+    queue.ping().await.unwrap_err();
+    let logins = mock.logins().await;
+    assert_eq!(logins.len(), 1);
+    // The queue-table DDL, the failed ping, then the rollback batch.
+    assert_eq!(logins[0].transaction_descriptor_headers.len(), 3, "{:?}", logins[0]);
+
+    // The rollback itself fails: the connection must not go back to the pool.
+    mock.script(
+        storage_mssql::sql::ROLLBACK,
+        QueryResponse::error_only(TerminalError::new(3903, 16, "nope")),
+    )
+    .await;
+    queue.ping().await.unwrap_err();
+    mock.script("SELECT 1", QueryResponse::select_one()).await;
+    queue.ping().await.unwrap();
+    assert_eq!(mock.logins().await.len(), 2, "the connection that could not be rolled back was dropped");
+}
