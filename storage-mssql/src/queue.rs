@@ -143,6 +143,17 @@ impl SqlServerQueue {
 #[async_trait]
 impl WorkQueue for SqlServerQueue {
     async fn send(&self, queue: &QueueName, message: Message) -> Result<SendOutcome> {
+        if let Some(key) = &message.dedup_key
+            && key.encode_utf16().count() > sql::queue::MAX_DEDUP_KEY
+        {
+            // The server would refuse it as a truncation (error 2628), an
+            // `Internal` error that says nothing of the key.
+            return Err(Error::invalid(format!(
+                "queue '{queue}': a dedup key may have at most {} characters, this one has {}",
+                sql::queue::MAX_DEDUP_KEY,
+                key.encode_utf16().count()
+            )));
+        }
         let rows = self
             .rows(
                 &sql::queue::send(&self.schema)?,

@@ -910,8 +910,21 @@ pub fn drop_schema(name: &str) -> Result<String> {
 /// The statements of the queue: tables, send with dedup, lease, and the
 /// lease-holder operations, all in the control schema.
 pub mod queue {
-    use super::{qualified, quote};
+    use super::{BIN2, qualified, quote};
     use sync_core::Result;
+
+    /// The longest dedup key a message may carry (UTF-16 code units): the
+    /// `[dedup_key]` column is `nvarchar(400)`, so that `([queue],
+    /// [dedup_key])` stays within a nonclustered index key's 1,700 bytes.
+    pub const MAX_DEDUP_KEY: usize = 400;
+
+    /// Equality of `[dedup_key]` with `{param}` exactly as the other queues
+    /// compare keys: ordinal (the column is `BIN2`), and trailing spaces
+    /// counted (`=` pads the shorter side with spaces; the lengths must
+    /// match too).
+    fn same_key(param: &str) -> String {
+        format!("[dedup_key] = {param} AND DATALENGTH([dedup_key]) = DATALENGTH({param})")
+    }
 
     /// The server's clock in milliseconds since the Unix epoch. Every lease
     /// time uses the server's clock, so processes with skewed clocks agree.
@@ -933,14 +946,15 @@ pub mod queue {
              @LockOwner = N'Transaction'; \
              IF @rc < 0 THROW 51000, N'the queue table creation lock was not granted', 1; \
              IF OBJECT_ID(N'{ml}', N'U') IS NULL BEGIN \
-             CREATE TABLE {m} ([id] bigint IDENTITY(1,1) NOT NULL PRIMARY KEY CLUSTERED, [queue] nvarchar(128) NOT NULL, \
-             [body] varbinary(max) NOT NULL, [dedup_key] nvarchar(400) NULL, [visible_at] bigint NOT NULL, \
+             CREATE TABLE {m} ([id] bigint IDENTITY(1,1) NOT NULL PRIMARY KEY CLUSTERED, \
+             [queue] nvarchar(128) COLLATE {BIN2} NOT NULL, [body] varbinary(max) NOT NULL, \
+             [dedup_key] nvarchar(400) COLLATE {BIN2} NULL, [visible_at] bigint NOT NULL, \
              [lease_token] nvarchar(64) NULL, [delivery_count] int NOT NULL DEFAULT 0, [enqueued_at] bigint NOT NULL); \
              CREATE INDEX {ixv} ON {m} ([queue], [visible_at], [id]) INCLUDE ([delivery_count]); \
              CREATE INDEX {ixk} ON {m} ([queue], [dedup_key]) WHERE [dedup_key] IS NOT NULL; END; \
              IF OBJECT_ID(N'{dl}', N'U') IS NULL BEGIN \
-             CREATE TABLE {d} ([id] bigint NOT NULL PRIMARY KEY CLUSTERED, [queue] nvarchar(128) NOT NULL, \
-             [body] varbinary(max) NOT NULL, [dedup_key] nvarchar(400) NULL, [delivery_count] int NOT NULL, \
+             CREATE TABLE {d} ([id] bigint NOT NULL PRIMARY KEY CLUSTERED, [queue] nvarchar(128) COLLATE {BIN2} NOT NULL, \
+             [body] varbinary(max) NOT NULL, [dedup_key] nvarchar(400) COLLATE {BIN2} NULL, [delivery_count] int NOT NULL, \
              [reason] nvarchar(max) NOT NULL, [dead_at] bigint NOT NULL); \
              CREATE INDEX {ixd} ON {d} ([queue], [dead_at], [id]); END; \
              COMMIT;",
@@ -964,14 +978,15 @@ pub mod queue {
              DECLARE @now bigint = {NOW_MS}; DECLARE @visible bigint = COALESCE(@P4, @now); DECLARE @id bigint = NULL; \
              IF @P3 IS NOT NULL \
              SELECT TOP (1) @id = [id] FROM {m} WITH (UPDLOCK, HOLDLOCK) \
-             WHERE [queue] = @P1 AND [dedup_key] = @P3 AND ([lease_token] IS NULL OR [visible_at] <= @now) ORDER BY [id]; \
+             WHERE [queue] = @P1 AND {key} AND ([lease_token] IS NULL OR [visible_at] <= @now) ORDER BY [id]; \
              IF @id IS NOT NULL BEGIN \
              UPDATE {m} SET [visible_at] = @visible WHERE [id] = @id AND [visible_at] > @visible; \
              SELECT @id AS [id], CAST(1 AS bit) AS [deduplicated]; END \
              ELSE BEGIN \
              INSERT INTO {m} ([queue], [body], [dedup_key], [visible_at], [enqueued_at]) VALUES (@P1, @P2, @P3, @visible, @now); \
              SELECT CAST(SCOPE_IDENTITY() AS bigint) AS [id], CAST(0 AS bit) AS [deduplicated]; END; \
-             COMMIT;"
+             COMMIT;",
+            key = same_key("@P3")
         ))
     }
 
@@ -1035,8 +1050,9 @@ pub mod queue {
     /// Cancel: deletes pending messages of queue `@P1` with dedup key `@P2`.
     pub fn cancel(schema: &str) -> Result<String> {
         Ok(format!(
-            "DELETE FROM {} WHERE [queue] = @P1 AND [dedup_key] = @P2 AND ([lease_token] IS NULL OR [visible_at] <= {NOW_MS})",
-            tables(schema)?.0
+            "DELETE FROM {} WHERE [queue] = @P1 AND {} AND ([lease_token] IS NULL OR [visible_at] <= {NOW_MS})",
+            tables(schema)?.0,
+            same_key("@P2")
         ))
     }
 
@@ -1540,7 +1556,8 @@ mod tests {
     fn queue_send_dedup_and_lease_holder_statements() {
         let s = queue::send("dbo").unwrap();
         assert!(s.contains(
-            "WITH (UPDLOCK, HOLDLOCK) WHERE [queue] = @P1 AND [dedup_key] = @P3 AND ([lease_token] IS NULL OR [visible_at] <= @now)"
+            "WITH (UPDLOCK, HOLDLOCK) WHERE [queue] = @P1 AND [dedup_key] = @P3 AND DATALENGTH([dedup_key]) = DATALENGTH(@P3) \
+             AND ([lease_token] IS NULL OR [visible_at] <= @now)"
         ));
         assert!(s.contains(
             "INSERT INTO [dbo].[sync_queue_messages] ([queue], [body], [dedup_key], [visible_at], [enqueued_at]) VALUES (@P1, @P2, @P3, @visible, @now)"
@@ -1562,7 +1579,7 @@ mod tests {
         assert!(
             queue::cancel("dbo")
                 .unwrap()
-                .contains("[queue] = @P1 AND [dedup_key] = @P2 AND ([lease_token] IS NULL")
+                .contains("[queue] = @P1 AND [dedup_key] = @P2 AND DATALENGTH([dedup_key]) = DATALENGTH(@P2) AND ([lease_token] IS NULL")
         );
         assert!(
             queue::depth("dbo").unwrap().contains("FROM [dbo].[sync_queue_messages] WHERE [queue] = @P1")
@@ -1570,6 +1587,14 @@ mod tests {
         assert!(queue::dead_letters("dbo").unwrap().starts_with("SELECT TOP (@P2)"));
         let ddl = queue::create_tables("dbo").unwrap();
         assert!(ddl.contains("IF OBJECT_ID(N'[dbo].[sync_queue_messages]', N'U') IS NULL"));
+        // Keys and queue names compare as the other queues compare them:
+        // ordinally, whatever the database's (often case-insensitive) collation.
+        assert!(ddl.contains("[queue] nvarchar(128) COLLATE Latin1_General_100_BIN2 NOT NULL"));
+        assert!(ddl.contains(&format!(
+            "[dedup_key] nvarchar({}) COLLATE Latin1_General_100_BIN2 NULL",
+            queue::MAX_DEDUP_KEY
+        )));
+        assert!(!ddl.contains("nvarchar(128) NOT NULL") && !ddl.contains("nvarchar(400) NULL"));
         assert!(ddl.contains("EXEC @rc = sp_getapplock") && ddl.contains("IF @rc < 0 THROW 51000,"));
         assert!(balanced(&ddl));
         assert!(queue::send("bad]schema").is_err());

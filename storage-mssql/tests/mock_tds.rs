@@ -438,3 +438,26 @@ async fn a_failed_command_is_rolled_back_and_a_connection_that_cannot_be_is_drop
     queue.ping().await.unwrap();
     assert_eq!(mock.logins().await.len(), 2, "the connection that could not be rolled back was dropped");
 }
+
+/// A dedup key longer than the `nvarchar(400)` column is refused before it
+/// reaches the server (which would fail the insert as a truncation, an
+/// `Internal` error); one at the limit is sent.
+#[tokio::test]
+async fn an_overlong_dedup_key_is_invalid_input() {
+    let mock = Mock::plain().await;
+    let queue = SqlServerQueue::connect(&mock.config(PLAINTEXT)).await.unwrap();
+    let q = QueueName::new("datasync").unwrap();
+    let max = storage_mssql::sql::queue::MAX_DEDUP_KEY;
+    // Characters outside the BMP count twice, as UTF-16 code units.
+    let long = sync_core::Message::default().with_dedup_key("😀".repeat(max / 2 + 1));
+    let err = queue.send(&q, long).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains(&max.to_string()), "{err}");
+    let requests = mock.logins().await[0].transaction_descriptor_headers.len();
+    assert_eq!(requests, 1, "only the queue-table DDL reached the server");
+    // At the limit the key is sent (the mock answers with an empty result,
+    // which send reports as a missing row: what matters is that it went out).
+    let at_limit = sync_core::Message::default().with_dedup_key("k".repeat(max));
+    let _ = queue.send(&q, at_limit).await;
+    assert!(mock.logins().await[0].transaction_descriptor_headers.len() > requests);
+}
