@@ -106,6 +106,10 @@ pub(crate) mod codes {
     pub(crate) const SNAPSHOT_CONFLICT: u32 = 3960;
     /// A snapshot transaction read an object altered by DDL after it began.
     pub(crate) const SNAPSHOT_DDL: u32 = 3961;
+    /// A snapshot transaction could not start: `ALTER DATABASE … SET
+    /// ALLOW_SNAPSHOT_ISOLATION ON` is still waiting for the transactions
+    /// open when it ran (the database is in transition to ON).
+    pub(crate) const SNAPSHOT_PENDING: u32 = 3956;
     /// The application lock could not be granted (raised by this crate's batches).
     pub(crate) const APPLOCK_NOT_GRANTED: u32 = 51000;
     /// Azure SQL transient errors: database unavailable, service busy,
@@ -127,6 +131,13 @@ impl From<MssqlError> for sync_core::Error {
                     codes::DEADLOCK => {
                         retry(format!("chosen as a deadlock victim, retry: {}", token.message()), 50)
                     }
+                    codes::SNAPSHOT_PENDING => retry(
+                        format!(
+                            "snapshot reads are being enabled on the database, retry: {}",
+                            token.message()
+                        ),
+                        500,
+                    ),
                     codes::SNAPSHOT_CONFLICT | codes::SNAPSHOT_DDL => retry(
                         format!("a snapshot read met a concurrent schema change, retry: {}", token.message()),
                         50,

@@ -394,6 +394,13 @@ async fn server_errors_map_to_error_kinds_and_keep_the_connection() {
             "Database 'offline_sync' on server 'x' is not currently available.",
             ErrorKind::Unavailable,
         ),
+        (
+            3956,
+            16,
+            "Snapshot isolation transaction failed to start in database 'offline_sync' because the ALTER \
+             DATABASE command which enables snapshot isolation for this database has not finished yet.",
+            ErrorKind::Unavailable,
+        ),
         (2627, 14, "Violation of PRIMARY KEY constraint 'PK_x'.", ErrorKind::Conflict),
         (208, 16, "Invalid object name 'dbo.nope'.", ErrorKind::Internal),
     ];
