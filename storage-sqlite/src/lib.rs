@@ -71,6 +71,12 @@
 //! * **Watch**: [`watch_head`](sync_core::OrgStaging::watch_head) follows
 //!   commits made through this store; a store sharing the directory with
 //!   another process (which the `LOCK` prevents) would not see its commits.
+//! * **"No changes" without SQLite**: profiles, schemas, the schema version,
+//!   the tombstone floor and the checksums of complete pulls are remembered
+//!   per org and used only while no write transaction of the org has ended
+//!   since they were read (every write passes through this store, which owns
+//!   the directory). An up-to-date device's poll is then answered from
+//!   memory, with the same head and checksums a read would give.
 //! * **Safe SQL**: identifiers come from validated `sync-core` names and are
 //!   double-quoted; every value is a bound parameter.
 //!

@@ -1,9 +1,10 @@
 //! [`SqliteStagingStore`]: the control database, the org handles and the
 //! bounded cache of open org databases.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension};
 use sync_core::staging::{ApplyOutcome, MutationRecord, PullPage, PullPlan, SchemaChange};
 use sync_core::{
-    ChangePage, ChangeToken, EntityMetadata, EntityName, Error, MutationId, OrgConfig, OrgId, OrgStaging,
-    OrgStatus, Profile, ProfileName, Result, RowId, Seq, StagedRow, StagingStore, SyncRunReport,
+    ChangePage, ChangeToken, Checksum, EntityMetadata, EntityName, Error, MutationId, OrgConfig, OrgId,
+    OrgStaging, OrgStatus, PartitionKey, Profile, ProfileName, Result, RowId, Seq, StagedRow, StagingStore,
+    SyncRunReport,
 };
 use tokio::sync::watch;
 
@@ -167,9 +169,81 @@ struct OrgShared {
     /// Cloned into every [`OrgDb`] of this org, so `drop_org` can wait until
     /// all its connections are closed before unlinking the files.
     alive: Arc<()>,
+    /// Write generation: bumped after every write transaction of this org
+    /// ends, committed or not. The store owns its data directory (`LOCK`),
+    /// so every write passes here and an unchanged generation means an
+    /// unchanged org.
+    writes: AtomicU64,
+    /// What reads may answer from memory while the generation stands.
+    memo: Mutex<Memo>,
+}
+
+/// Facts of one org read at write generation `generation`: the per-request
+/// reads of a sync (profiles, schemas, the tombstone floor) and, for "no
+/// changes" pulls, the checksums at `head` of partitions a complete pull
+/// read to the end. Never stale: an entry is used only while the org's write
+/// generation still equals `generation` (PERFORMANCE.md: "no changes" should
+/// not touch SQLite).
+#[derive(Default)]
+struct Memo {
+    generation: u64,
+    schemas: Option<Vec<EntityMetadata>>,
+    schema_version: Option<u64>,
+    profiles: Option<Vec<Profile>>,
+    floor: Option<Seq>,
+    /// The head of a complete pull and the checksums it returned there.
+    complete: Option<(Seq, BTreeMap<PartitionKey, Checksum>)>,
 }
 
 impl OrgShared {
+    /// The write generation; read it *before* reading the database, so what
+    /// is then read is at least as new as this generation.
+    fn generation(&self) -> u64 {
+        self.writes.load(Ordering::Acquire)
+    }
+
+    /// A fact from the memo, if it was read at the current generation.
+    fn recall<T>(&self, get: impl FnOnce(&Memo) -> Option<T>) -> Option<T> {
+        let generation = self.generation();
+        let memo = lock(&self.memo);
+        if memo.generation == generation { get(&memo) } else { None }
+    }
+
+    /// Keeps facts read after observing `generation`; a memo of another
+    /// generation is replaced, one of a newer generation is left alone.
+    fn remember(&self, generation: u64, put: impl FnOnce(&mut Memo)) {
+        let mut memo = lock(&self.memo);
+        if memo.generation > generation {
+            return;
+        }
+        if memo.generation < generation {
+            *memo = Memo { generation, ..Memo::default() };
+        }
+        put(&mut memo);
+    }
+
+    /// The answer to a pull whose every partition is already at the
+    /// remembered complete head: nothing to send, the checksums as they are.
+    fn recall_up_to_date(&self, plan: &PullPlan) -> Option<PullPage> {
+        self.recall(|memo| {
+            let (head, sums) = memo.complete.as_ref()?;
+            let mut checksums = BTreeMap::new();
+            for (key, position) in &plan.partitions {
+                if position != head {
+                    return None;
+                }
+                checksums.insert(key.clone(), *sums.get(key)?);
+            }
+            Some(PullPage {
+                changes: Vec::new(),
+                positions: plan.partitions.clone(),
+                more: false,
+                head: *head,
+                checksums: Some(checksums),
+            })
+        })
+    }
+
     fn advance(&self, head: Seq) {
         self.head.send_if_modified(|h| {
             if head > *h {
@@ -257,6 +331,8 @@ impl Inner {
                 head: watch::channel(head).0,
                 gate: tokio::sync::RwLock::new(false),
                 alive: Arc::new(()),
+                writes: AtomicU64::new(0),
+                memo: Mutex::new(Memo::default()),
             });
             live.insert(org.clone(), shared.clone());
             shared
@@ -627,8 +703,34 @@ impl SqliteOrgStaging {
         }
         let db = self.inner.db(&self.shared);
         let out = blocking(move || db.with_writer(f)).await;
+        // After the transaction ended (a failed one may still have changed
+        // nothing, but bumping is always safe): later reads miss the memo.
+        self.shared.writes.fetch_add(1, Ordering::AcqRel);
         drop(gate);
         out
+    }
+
+    /// A read answered from the memo when it holds the fact at the current
+    /// generation, else from the database (and then remembered).
+    async fn read_memo<T: Clone + Send + 'static>(
+        &self,
+        recall: impl FnOnce(&Memo) -> Option<T>,
+        load: impl FnOnce(&mut Connection) -> R<T> + Send + 'static,
+        put: impl FnOnce(&mut Memo, T),
+    ) -> Result<T> {
+        {
+            let gate = self.shared.gate.read().await;
+            if *gate {
+                return Err(self.gone());
+            }
+            if let Some(hit) = self.shared.recall(recall) {
+                return Ok(hit);
+            }
+        }
+        let generation = self.shared.generation();
+        let value = self.read(load).await?;
+        self.shared.remember(generation, |memo| put(memo, value.clone()));
+        Ok(value)
     }
 
     async fn read<T: Send + 'static>(
@@ -664,11 +766,12 @@ impl OrgStaging for SqliteOrgStaging {
     }
 
     async fn schemas(&self) -> Result<Vec<EntityMetadata>> {
-        self.read(|c| org_db::load_schemas(c)).await
+        self.read_memo(|m| m.schemas.clone(), |c| org_db::load_schemas(c), |m, v| m.schemas = Some(v)).await
     }
 
     async fn schema_version(&self) -> Result<u64> {
-        self.read(|c| org_db::schema_version(c)).await
+        self.read_memo(|m| m.schema_version, |c| org_db::schema_version(c), |m, v| m.schema_version = Some(v))
+            .await
     }
 
     async fn put_profile(&self, profile: &Profile) -> Result<()> {
@@ -688,7 +791,8 @@ impl OrgStaging for SqliteOrgStaging {
     }
 
     async fn profiles(&self) -> Result<Vec<Profile>> {
-        self.read(|c| org_db::load_profiles(c)).await
+        self.read_memo(|m| m.profiles.clone(), |c| org_db::load_profiles(c), |m, v| m.profiles = Some(v))
+            .await
     }
 
     async fn delete_profile(&self, name: &ProfileName) -> Result<()> {
@@ -723,8 +827,27 @@ impl OrgStaging for SqliteOrgStaging {
     }
 
     async fn pull(&self, plan: &PullPlan) -> Result<PullPage> {
-        let plan = plan.clone();
-        self.read(move |c| org_db::pull(c, &plan)).await
+        {
+            let gate = self.shared.gate.read().await;
+            if *gate {
+                return Err(self.gone());
+            }
+            if let Some(page) = self.shared.recall_up_to_date(plan) {
+                return Ok(page);
+            }
+        }
+        let generation = self.shared.generation();
+        let owned = plan.clone();
+        let page = self.read(move |c| org_db::pull(c, &owned)).await?;
+        if let (false, Some(sums)) = (page.more, &page.checksums) {
+            self.shared.remember(generation, |memo| match &mut memo.complete {
+                Some((head, known)) if *head == page.head => {
+                    known.extend(sums.iter().map(|(k, v)| (k.clone(), *v)));
+                }
+                _ => memo.complete = Some((page.head, sums.clone())),
+            });
+        }
+        Ok(page)
     }
 
     async fn head(&self) -> Result<Seq> {
@@ -742,7 +865,7 @@ impl OrgStaging for SqliteOrgStaging {
     }
 
     async fn tombstone_floor(&self) -> Result<Seq> {
-        self.read(|c| org_db::tombstone_floor(c)).await
+        self.read_memo(|m| m.floor, |c| org_db::tombstone_floor(c), |m, v| m.floor = Some(v)).await
     }
 
     async fn mutation_result(&self, id: &MutationId) -> Result<Option<MutationRecord>> {

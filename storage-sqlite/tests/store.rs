@@ -665,3 +665,127 @@ async fn connection_cache_stays_bounded() {
         assert_eq!(h.status().await.unwrap().entities[0].rows, 1);
     }
 }
+
+/// Positions of `keys` all at `at`.
+fn plan_at(keys: &[PartitionKey], at: Seq) -> PullPlan {
+    PullPlan {
+        partitions: keys.iter().map(|k| (k.clone(), at)).collect(),
+        max_rows: 100_000,
+        max_bytes: 1 << 30,
+    }
+}
+
+/// Reads answered from memory (profiles, schemas, floor, "no changes"
+/// pulls) are never stale: a write through any handle of the org is seen by
+/// the next read through every other handle, and a dropped org answers
+/// `NotFound` even where the memory held an answer.
+#[tokio::test]
+async fn remembered_reads_follow_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, a) = setup(dir.path()).await;
+    let b = store.org(&org_id("contoso")).await.unwrap();
+    let account = entity("account");
+    let profile = sales_profile();
+    a.put_profile(&profile).await.unwrap();
+    a.apply_changes(&account, &page((0..100).map(|i| account_row(i, 0, 4)).collect(), vec![], "t1"))
+        .await
+        .unwrap();
+    let keys = vec![
+        key_of(&profile, "active", &[]),
+        key_of(&profile, "mine", &[("user.id", owner(1, 4).to_string())]),
+    ];
+
+    // Up to date: the same empty answer and checksums, however often asked.
+    let full = a.pull(&plan_at(&keys, Seq::ZERO)).await.unwrap();
+    assert!(!full.more);
+    for _ in 0..3 {
+        let again = a.pull(&plan_at(&keys, full.head)).await.unwrap();
+        assert!(again.changes.is_empty() && !again.more);
+        assert_eq!((again.head, &again.checksums), (full.head, &full.checksums));
+        assert_eq!(again.positions, plan_at(&keys, full.head).partitions);
+    }
+
+    // A change written through the other handle reaches this one's next pull.
+    b.apply_changes(&account, &page((0..10).map(|i| account_row(i, 1, 4)).collect(), vec![], "t2"))
+        .await
+        .unwrap();
+    let next = a.pull(&plan_at(&keys, full.head)).await.unwrap();
+    assert!(!next.changes.is_empty());
+    assert!(next.head > full.head);
+    assert_ne!(next.checksums, full.checksums);
+    assert_eq!(next.checksums, a.pull(&plan_at(&keys, Seq::ZERO)).await.unwrap().checksums);
+    let up_to_date = a.pull(&plan_at(&keys, next.head)).await.unwrap();
+    assert_eq!((up_to_date.head, &up_to_date.checksums), (next.head, &next.checksums));
+
+    // Profiles, schemas and the floor follow writes made elsewhere.
+    assert_eq!(a.profiles().await.unwrap(), vec![profile.clone()]);
+    let mut narrower = profile.clone();
+    narrower.items[0].filter = "statecode eq 0 and creditonhold eq false".into();
+    b.put_profile(&narrower).await.unwrap();
+    assert_eq!(a.profiles().await.unwrap(), vec![narrower]);
+    let moved = a.pull(&plan_at(&keys, next.head)).await.unwrap();
+    assert!(moved.changes.iter().any(|c| c.row.is_none()), "rows left the narrower partition");
+
+    let version = a.schema_version().await.unwrap();
+    assert_eq!(a.schemas().await.unwrap(), vec![account_meta()]);
+    let mut wider = account_meta();
+    wider.attributes.push(Attribute::new(col("website"), AttributeType::String));
+    b.apply_schema(&wider).await.unwrap();
+    assert!(a.schema_version().await.unwrap() > version);
+    assert_eq!(a.schemas().await.unwrap(), vec![wider]);
+
+    assert_eq!(a.tombstone_floor().await.unwrap(), Seq::ZERO);
+    let head = b.head().await.unwrap();
+    b.purge_tombstones(head).await.unwrap();
+    assert_eq!(a.tombstone_floor().await.unwrap(), head);
+
+    // Dropped: nothing is answered from memory any more.
+    let latest = a.pull(&plan_at(&keys, Seq::ZERO)).await.unwrap();
+    a.pull(&plan_at(&keys, latest.head)).await.unwrap();
+    store.drop_org(&org_id("contoso")).await.unwrap();
+    assert_eq!(a.pull(&plan_at(&keys, latest.head)).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(a.profiles().await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(a.schemas().await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(a.tombstone_floor().await.unwrap_err().kind(), ErrorKind::NotFound);
+}
+
+/// Pollers that are up to date while a writer keeps committing never see a
+/// head or checksums the database does not hold at that moment or later:
+/// once the writer stops, the remembered answer equals a full read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_to_date_pollers_converge_while_a_writer_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, staging) = setup(dir.path()).await;
+    let profile = sales_profile();
+    staging.put_profile(&profile).await.unwrap();
+    let keys = vec![key_of(&profile, "active", &[])];
+    let account = entity("account");
+    let writer = {
+        let w = store.org(&org_id("contoso")).await.unwrap();
+        let account = account.clone();
+        tokio::spawn(async move {
+            for round in 0..40u64 {
+                let rows = (0..20).map(|i| account_row(i + round, round, 4)).collect();
+                w.apply_changes(&account, &page(rows, vec![], &format!("t{round}"))).await.unwrap();
+            }
+        })
+    };
+    let mut at = Seq::ZERO;
+    let mut last_head = Seq::ZERO;
+    while !writer.is_finished() {
+        let p = staging.pull(&plan_at(&keys, at)).await.unwrap();
+        assert!(p.head >= last_head, "the head never goes back");
+        last_head = p.head;
+        if !p.more {
+            at = p.head;
+        }
+    }
+    writer.await.unwrap();
+    // The poller's next pull from where it stood reaches the final state...
+    let caught_up = staging.pull(&plan_at(&keys, at)).await.unwrap();
+    assert!(!caught_up.more);
+    // ...which a full read confirms.
+    let fresh = staging.pull(&plan_at(&keys, Seq::ZERO)).await.unwrap();
+    assert_eq!((caught_up.head, &caught_up.checksums), (fresh.head, &fresh.checksums));
+    assert_eq!(fresh.head, staging.head().await.unwrap());
+}

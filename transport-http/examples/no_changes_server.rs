@@ -1,10 +1,14 @@
-//! A router over the in-memory store, for measuring the "no changes" pull
-//! (PERFORMANCE.md: ≥ 20k req/s with authentication on 2 cores).
+//! A router over the in-memory or the SQLite store, for measuring the "no
+//! changes" pull (PERFORMANCE.md: ≥ 20k req/s with authentication on 2
+//! cores).
 //!
 //! ```sh
-//! cargo run --release -p transport-http --example no_changes_server -- 127.0.0.1:8088 /tmp/pull.lua
+//! cargo run --release -p transport-http --example no_changes_server -- 127.0.0.1:8088 /tmp/pull.lua [memory|sqlite]
 //! wrk -t2 -c64 -d10s -s /tmp/pull.lua http://127.0.0.1:8088
 //! ```
+//!
+//! With `sqlite` the org is staged in a SQLite store under a temporary
+//! directory, as the embedded server keeps it.
 //!
 //! It stages one org with 1,000 accounts, pulls them once as `alice`, writes
 //! a wrk script that repeats the up-to-date pull with her bearer token (HS256
@@ -27,6 +31,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:8088".into());
     let script = args.next().unwrap_or_else(|| "pull.lua".into());
+    let backend = args.next().unwrap_or_else(|| "memory".into());
 
     let col = |s: &str| ColumnName::new(s).unwrap();
     let account = EntityMetadata::new(
@@ -40,7 +45,12 @@ async fn main() {
         ],
     )
     .unwrap();
-    let store = Arc::new(MemoryStagingStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn StagingStore> = match backend.as_str() {
+        "memory" => Arc::new(MemoryStagingStore::new()),
+        "sqlite" => Arc::new(storage_sqlite::SqliteStagingStore::open(dir.path()).await.unwrap()),
+        other => panic!("unknown backend {other:?}: memory or sqlite"),
+    };
     let connector = Arc::new(MemoryConnector::new());
     connector.register("crm", Arc::new(MemorySource::with_entities([account.clone()]).unwrap()));
     let org = OrgId::new("contoso").unwrap();
@@ -103,7 +113,10 @@ async fn main() {
 
     let auth = Arc::new(JwtAuthenticator::hs256(SECRET.to_vec()).unwrap());
     let listener = serve::bind(&addr).await.unwrap();
-    eprintln!("serving on http://{}; wrk script in {script}", listener.local_addr().unwrap());
+    eprintln!(
+        "serving on http://{} ({backend} store); wrk script in {script}",
+        listener.local_addr().unwrap()
+    );
     serve::serve(listener, router(service, auth, HttpConfig::default()), serve::shutdown_signal())
         .await
         .unwrap();
