@@ -43,6 +43,30 @@ pub struct HttpConfig {
     /// Changes made through this router's admin endpoints take effect at
     /// once; changes made by another process, within this time.
     pub directory_ttl: Duration,
+    /// Whether responses are compressed (gzip, br, zstd) as the request's
+    /// `Accept-Encoding` asks. Turn it off where the network is not the
+    /// bottleneck (loopback, or a proxy in front that compresses): it costs
+    /// CPU on every page.
+    pub compression: bool,
+    /// Who may read `GET /metrics`.
+    pub metrics: MetricsAccess,
+}
+
+/// Who may read `GET /metrics`.
+///
+/// In a TOML or JSON configuration: `"public"`, `"off"`, or
+/// `{ role = "sync-operator" }`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetricsAccess {
+    /// Anyone who reaches the endpoint (a scraper on a private network).
+    #[default]
+    Public,
+    /// Callers whose bearer token verifies and holds this role (of any
+    /// org); others get 401 or 403.
+    Role(String),
+    /// The endpoint answers 404, as if it did not exist.
+    Off,
 }
 
 impl Default for HttpConfig {
@@ -53,11 +77,25 @@ impl Default for HttpConfig {
             max_wait: Duration::from_secs(30),
             base_domain: None,
             directory_ttl: Duration::from_secs(5),
+            compression: true,
+            metrics: MetricsAccess::Public,
         }
     }
 }
 
 impl HttpConfig {
+    /// Sets [`compression`](Self::compression).
+    pub fn with_compression(mut self, on: bool) -> Self {
+        self.compression = on;
+        self
+    }
+
+    /// Sets [`metrics`](Self::metrics).
+    pub fn with_metrics(mut self, access: MetricsAccess) -> Self {
+        self.metrics = access;
+        self
+    }
+
     /// Sets [`body_limit`](Self::body_limit).
     pub fn with_body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
@@ -98,6 +136,11 @@ impl HttpConfig {
         }
         if self.request_timeout.is_zero() {
             return Err(Error::invalid("request_timeout must be longer than zero"));
+        }
+        if let MetricsAccess::Role(role) = &self.metrics
+            && role.trim().is_empty()
+        {
+            return Err(Error::invalid("metrics role must not be empty"));
         }
         if let Some(domain) = &self.base_domain {
             let well_formed = !domain.is_empty()

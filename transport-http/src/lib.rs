@@ -148,7 +148,7 @@ pub use bearer::{Authenticated, bearer_token};
 #[cfg(feature = "client")]
 pub use client::TlsRoots;
 #[cfg(feature = "server")]
-pub use config::HttpConfig;
+pub use config::{HttpConfig, MetricsAccess};
 #[cfg(feature = "server")]
 pub use jwt::{DevToken, JwksUrl, JwtAlgorithm, JwtAuthenticator, JwtConfig, JwtKeys, MIN_SECRET_LEN};
 pub use problem::{PROBLEM_JSON, PROBLEM_TYPE_BASE, Problem, error_from_response, problem_type, status_of};

@@ -211,7 +211,9 @@ fn operations() -> Vec<(&'static str, &'static str, Operation)> {
             "get",
             ops_op(
                 "metrics",
-                "Prometheus text: requests by route and status, latency histograms, rows served, queue depths",
+                "Prometheus text: requests by route and status, latency histograms, rows served, queue depths. \
+                 Public by default; a deployment may require a bearer token with a role (401/403) or turn it \
+                 off (404)",
                 vec![(
                     200,
                     json!({"description": "Prometheus text exposition format 0.0.4",

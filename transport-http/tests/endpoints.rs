@@ -535,4 +535,52 @@ across_backends!(
     every_documented_operation_is_served,
     request_timeout_is_a_problem,
     responses_are_compressed,
+    metrics_access_follows_the_configuration,
+    compression_follows_the_configuration,
 );
+
+/// `/metrics` as the deployment configures it: public, behind a role, or off.
+async fn metrics_access_follows_the_configuration(backend: Backend) {
+    use transport_http::MetricsAccess;
+    let options = |access: MetricsAccess| Options {
+        http: HttpConfig::default().with_metrics(access),
+        ..Options::default()
+    };
+    let f = Fixture::start_with(backend, options(MetricsAccess::Role("sync-operator".into()))).await;
+    let anonymous = f.call(Method::GET, "/metrics", None, None).await;
+    assert_problem(&anonymous, 401, "unauthenticated", "");
+    let rep = f.call(Method::GET, "/metrics", Some(&f.alice()), None).await;
+    assert_problem(&rep, 403, "forbidden", "sync-operator");
+    let operator = f.call(Method::GET, "/metrics", Some(&f.operator()), None).await;
+    assert_eq!(operator.status, 200);
+    assert!(String::from_utf8_lossy(&operator.body).contains("http_requests_total"));
+
+    let f = Fixture::start_with(backend, options(MetricsAccess::Off)).await;
+    let off = f.call(Method::GET, "/metrics", Some(&f.operator()), None).await;
+    assert_eq!(off.status, 404);
+    assert!(HttpConfig::default().with_metrics(MetricsAccess::Role(" ".into())).validate().is_err());
+}
+
+/// Compression as configured: on, a page is compressed when asked; off, it
+/// never is.
+async fn compression_follows_the_configuration(backend: Backend) {
+    for (on, expected) in [(true, Some("gzip")), (false, None)] {
+        let options = Options { http: HttpConfig::default().with_compression(on), ..Options::default() };
+        let f = Fixture::start_with(backend, options).await;
+        let auth = format!("Bearer {}", f.alice());
+        let reply = f
+            .raw(
+                Method::POST,
+                "/v1/orgs/contoso/sync/pull",
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                    ("accept-encoding", "gzip"),
+                ],
+                "{}",
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("content-encoding"), expected, "compression {on}");
+    }
+}

@@ -83,6 +83,25 @@ pub struct Config {
     pub demo: Demo,
     /// HTTPS.
     pub tls: Option<Tls>,
+    /// HTTP endpoints.
+    pub http: Http,
+}
+
+/// HTTP endpoint settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    /// Compress responses as clients ask (off saves CPU behind a proxy that
+    /// compresses, or on loopback).
+    pub compression: bool,
+    /// Who may read `/metrics`: `"public"`, `"off"`, or `{ role = "…" }`.
+    pub metrics: transport_http::MetricsAccess,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http { compression: true, metrics: transport_http::MetricsAccess::Public }
+    }
 }
 
 /// Worker counts.
@@ -134,6 +153,7 @@ impl Default for Config {
             sync: SyncConfig::default(),
             demo: Demo::default(),
             tls: None,
+            http: Http::default(),
         }
     }
 }
@@ -244,6 +264,11 @@ impl Config {
                 "workers.provisioners and workers.stagers must be at least 1".into(),
             ));
         }
+        if let transport_http::MetricsAccess::Role(role) = &self.http.metrics
+            && role.trim().is_empty()
+        {
+            return Err(ConfigError::Invalid("http.metrics role must not be empty".into()));
+        }
         if self.sync.max_rows_per_page == 0 {
             return Err(ConfigError::Invalid("sync.max_rows_per_page must be at least 1".into()));
         }
@@ -274,5 +299,12 @@ mod tests {
         let text = include_str!("../embedded-server.example.toml");
         let c: Config = toml::from_str(text).unwrap();
         assert!(c.demo.enabled);
+        assert_eq!(c.http.metrics, transport_http::MetricsAccess::Public);
+        let c: Config =
+            toml::from_str("[http]\ncompression = false\nmetrics = { role = \"ops\" }\n").unwrap();
+        assert!(!c.http.compression);
+        assert_eq!(c.http.metrics, transport_http::MetricsAccess::Role("ops".into()));
+        let c: Config = toml::from_str("[http]\nmetrics = \"off\"\n").unwrap();
+        assert_eq!(c.http.metrics, transport_http::MetricsAccess::Off);
     }
 }

@@ -276,7 +276,10 @@ pub async fn run_on(
 
     let auth =
         Arc::new(transport_http::JwtAuthenticator::hs256(jwt_secret.clone()).map_err(sync("JWT secret"))?);
-    let app = transport_http::router(service, auth, transport_http::HttpConfig::default());
+    let http = transport_http::HttpConfig::default()
+        .with_compression(config.http.compression)
+        .with_metrics(config.http.metrics.clone());
+    let app = transport_http::router(service, auth, http);
     let tls = match &config.tls {
         Some(t) => {
             Some(transport_http::serve::tls_config_from_pem_files(&t.cert, &t.key).map_err(sync("TLS"))?)

@@ -63,7 +63,9 @@ pub(crate) use middleware::Deadline;
 /// slower than [`HttpConfig::request_timeout`] (live pulls: plus their wait)
 /// get 503 with `Retry-After`; a live pull waits at most the smaller of
 /// [`HttpConfig::max_wait`] and the service's `max_wait_ms`. Responses are
-/// compressed (gzip, br, zstd) as `Accept-Encoding` asks.
+/// compressed (gzip, br, zstd) as `Accept-Encoding` asks, unless
+/// [`HttpConfig::compression`] is off; [`HttpConfig::metrics`] says who may
+/// read `/metrics`.
 ///
 /// The router holds no global state and never owns the process: its
 /// metrics registry is its own, and serving it is the host's business (or
@@ -89,6 +91,7 @@ pub fn router(service: SyncService, auth: Arc<dyn Authenticator>, config: HttpCo
         }
     };
     let body_limit = config.body_limit();
+    let compression = config.compression;
     let state = AppState {
         shared: Arc::new(Shared {
             directory: DirectoryCache::new(config.directory_ttl),
@@ -99,12 +102,10 @@ pub fn router(service: SyncService, auth: Arc<dyn Authenticator>, config: HttpCo
             openapi,
         }),
     };
-    routes()
-        .router
-        .fallback(ops::unknown_route)
-        .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(CompressionLayer::new())
-        .layer(Extension(body_limit))
+    let app =
+        routes().router.fallback(ops::unknown_route).method_not_allowed_fallback(ops::method_not_allowed);
+    let app = if compression { app.layer(CompressionLayer::new()) } else { app };
+    app.layer(Extension(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::observe))
         .with_state(state)
 }
@@ -141,6 +142,10 @@ impl AppState {
 
     fn metrics(&self) -> Option<&HttpMetrics> {
         self.shared.metrics.as_ref()
+    }
+
+    fn metrics_access(&self) -> &crate::config::MetricsAccess {
+        &self.shared.config.metrics
     }
 
     /// Verifies the request's bearer token.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
 use sync_core::Error;
 use sync_core::org::{DATASYNC_QUEUE, PROVISIONING_QUEUE};
@@ -14,6 +14,7 @@ use sync_core::{QueueName, Result};
 
 use super::AppState;
 use crate::api_error::ApiError;
+use crate::config::MetricsAccess;
 
 /// How long a readiness probe waits for the store or the queue.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,7 +46,19 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: the Prometheus text exposition, with the queues' depths
 /// read now.
-pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(super) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    match state.metrics_access() {
+        MetricsAccess::Public => {}
+        MetricsAccess::Off => return Err(ApiError::new(Error::not_found("route GET /metrics"))),
+        MetricsAccess::Role(role) => {
+            let principal = state.authenticate(&headers).await?;
+            if !principal.roles.contains(role) {
+                return Err(ApiError::new(Error::forbidden(format!(
+                    "reading /metrics needs the role '{role}'"
+                ))));
+            }
+        }
+    }
     let Some(metrics) = state.metrics() else {
         return Err(ApiError::new(Error::internal("the metrics registry could not be built")));
     };
