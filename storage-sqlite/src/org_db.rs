@@ -774,7 +774,9 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
     }
     let max_rows = plan.max_rows.max(1);
     let mut tables: HashMap<i64, Table> = HashMap::new();
-    let mut changes: Vec<PulledChange> = Vec::new();
+    // A page is usually full: room for it up front (bounded, as the plan
+    // comes from a request).
+    let mut changes: Vec<PulledChange> = Vec::with_capacity(max_rows.min(4096));
     let mut positions = Vec::with_capacity(plan.partitions.len());
     let mut bytes = 0usize;
     let mut more = false;

@@ -250,22 +250,22 @@ impl Table {
     pub(crate) fn decode_at(&self, r: &rusqlite::Row<'_>, at: usize, with_parts: bool) -> R<Stored> {
         let rid: i64 = r.get(at)?;
         let attrs = &self.meta.attributes;
-        let mut decoded: Vec<Option<sync_core::Value>> = Vec::with_capacity(attrs.len());
-        for (i, a) in attrs.iter().enumerate() {
-            decoded.push(Some(decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?));
-        }
-        let id = match decoded.get(self.key_index) {
-            Some(Some(v)) => {
+        // Decoded in name order straight into the map (a bulk build, no
+        // intermediate vector); names are shared, so cloning one is cheap.
+        let values = self
+            .by_name
+            .iter()
+            .map(|&i| {
+                let a = &attrs[i];
+                Ok((a.name.clone(), decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?))
+            })
+            .collect::<R<std::collections::BTreeMap<_, _>>>()?;
+        let id = match values.get(&attrs[self.key_index].name) {
+            Some(v) if !v.is_null() => {
                 RowId::new(canonical_key_text(v)).map_err(|e| StoreError::Corrupt(e.to_string()))?
             }
             _ => return Err(StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name))),
         };
-        // Built from name order: a bulk build, not one insert per column.
-        let values: std::collections::BTreeMap<_, _> = self
-            .by_name
-            .iter()
-            .map(|&i| (attrs[i].name.clone(), decoded[i].take().unwrap_or(sync_core::Value::Null)))
-            .collect();
         let n = at + attrs.len();
         let version: i64 = r.get(n + 1)?;
         let parts = match r.get_ref(n + 2)? {
