@@ -36,6 +36,7 @@
 //! | `_sync_partitions` | partition key → small id `pid`, its checksum (sum, count), and its entity |
 //! | `_sync_membership` | the membership log, keyed by `id = pid << 40 \| seq`: entity, row number, version, removed, and the row id of a remove; one entry per (partition, row) |
 //! | `_sync_membership_view` | the log with partition keys, entity names and seqs spelled out |
+//! | `_sync_graves` | per deleted row (entity id, key): its tombstones in the log, so a row created again with that key replaces them; dropped with the tombstones |
 //! | `_sync_tokens` | each entity's committed source change token |
 //! | `_sync_runs` | last run, last success, last error, rows of the last run |
 //! | `_sync_mutations` | the push journal: mutation id → fingerprint, outcome, checkpoint |

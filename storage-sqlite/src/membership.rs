@@ -15,6 +15,9 @@
 //!   the entry the row points at and appends the new one, so the log keeps
 //!   one entry per (partition, row) without an index on rows, and a
 //!   recomputation only needs the rows.
+//! * A deleted row's references (its tombstones) move to `_sync_graves`,
+//!   keyed by the row's key: a row created again with that key takes them
+//!   over, so its puts replace the tombstones rather than sit beside them.
 //!
 //! Invariant (kept by every write): a row's live entries refer to its
 //! current version, except right after a schema rebuild gave it a new one,

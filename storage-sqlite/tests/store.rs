@@ -559,6 +559,90 @@ async fn data_survives_reopen_and_drop_removes_files() {
     assert_eq!(store.orgs().await.unwrap().len(), 1);
 }
 
+/// Entries of the membership log per (partition, row id), removes
+/// included, read straight from the org's file.
+fn log_entries(path: &std::path::Path) -> std::collections::BTreeMap<(String, String), Vec<bool>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT v.partition, coalesce(v.row_id, t.accountid), v.removed FROM _sync_membership_view v \
+             LEFT JOIN account t ON t._sync_rid = v.rid AND v.removed = 0",
+        )
+        .unwrap();
+    let mut out: std::collections::BTreeMap<(String, String), Vec<bool>> = Default::default();
+    let mut rows = stmt.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        out.entry((r.get(0).unwrap(), r.get(1).unwrap())).or_default().push(r.get(2).unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_row_created_again_replaces_its_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let org = org_id("contoso");
+    let path;
+    {
+        let (store, staging) = setup(dir.path()).await;
+        path = store.org_path(&org);
+        staging.put_profile(&sales_profile()).await.unwrap();
+        let rows: Vec<Row> = (0..20).map(|i| account_row(i, 0, 2)).collect();
+        let ids: Vec<RowId> = rows.iter().map(|r| r.id.clone()).collect();
+        staging.apply_changes(&entity("account"), &page(rows, vec![], "t1")).await.unwrap();
+        staging.apply_changes(&entity("account"), &page(vec![], ids[..10].to_vec(), "t2")).await.unwrap();
+        assert!(log_entries(&path).values().any(|e| e == &[true]), "deletes leave tombstones");
+        // Created again, some in other partitions than before (generation 1
+        // moves owners and states).
+        let again: Vec<Row> = (0..10).map(|i| account_row(i, i % 2, 2)).collect();
+        staging.apply_changes(&entity("account"), &page(again, vec![], "t3")).await.unwrap();
+        for ((partition, id), ops) in log_entries(&path) {
+            assert_eq!(ops.len(), 1, "{id} has {} entries in {partition}: {ops:?}", ops.len());
+        }
+        assert_membership_recomputes(&store, &org, &account_meta()).await;
+    }
+    // An org database written before graves existed gets the table on open
+    // and keeps working (its deleted rows simply have no grave).
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE _sync_graves;").unwrap();
+    }
+    let store = open_store(dir.path(), StoreOptions::default()).await;
+    let staging = store.org(&org).await.unwrap();
+    let ids: Vec<RowId> = (0..20).map(|i| account_row(i, 0, 2).id).collect();
+    staging.apply_changes(&entity("account"), &page(vec![], ids[5..15].to_vec(), "t4")).await.unwrap();
+    staging
+        .apply_changes(
+            &entity("account"),
+            &page((5..15).map(|i| account_row(i, 2, 2)).collect(), vec![], "t5"),
+        )
+        .await
+        .unwrap();
+    for ((partition, id), ops) in log_entries(&path) {
+        assert_eq!(ops.len(), 1, "{id} has {} entries in {partition}: {ops:?}", ops.len());
+    }
+    assert_membership_recomputes(&store, &org, &account_meta()).await;
+    // Purged tombstones take their graves along.
+    staging.apply_changes(&entity("account"), &page(vec![], ids.clone(), "t6")).await.unwrap();
+    staging.purge_tombstones(staging.head().await.unwrap()).await.unwrap();
+    let graves: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM _sync_graves", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(graves, 0, "no grave outlives its tombstones");
+    staging
+        .apply_changes(
+            &entity("account"),
+            &page((0..20).map(|i| account_row(i, 3, 2)).collect(), vec![], "t7"),
+        )
+        .await
+        .unwrap();
+    for ((partition, id), ops) in log_entries(&path) {
+        assert_eq!(ops, vec![false], "{id} in {partition}");
+    }
+    assert_membership_recomputes(&store, &org, &account_meta()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_never_skip_a_commit() {
     // Writers on several tasks; a reader pulls continuously from its
