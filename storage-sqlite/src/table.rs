@@ -250,16 +250,13 @@ impl Table {
     pub(crate) fn decode_at(&self, r: &rusqlite::Row<'_>, at: usize, with_parts: bool) -> R<Stored> {
         let rid: i64 = r.get(at)?;
         let attrs = &self.meta.attributes;
-        // Decoded in name order straight into the map (a bulk build, no
-        // intermediate vector); names are shared, so cloning one is cheap.
-        let values = self
-            .by_name
-            .iter()
-            .map(|&i| {
-                let a = &attrs[i];
-                Ok((a.name.clone(), decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?))
-            })
-            .collect::<R<std::collections::BTreeMap<_, _>>>()?;
+        // Decoded straight into the map, in name order (each insert lands at
+        // the end of the one leaf); names are shared, so cloning one is cheap.
+        let mut values = std::collections::BTreeMap::new();
+        for &i in &self.by_name {
+            let a = &attrs[i];
+            values.insert(a.name.clone(), decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?);
+        }
         let id = match values.get(&attrs[self.key_index].name) {
             Some(v) if !v.is_null() => {
                 RowId::new(canonical_key_text(v)).map_err(|e| StoreError::Corrupt(e.to_string()))?
