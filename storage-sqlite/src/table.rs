@@ -230,9 +230,20 @@ impl Table {
         parts: &Parts,
     ) -> R<()> {
         stmt.raw_bind_parameter(1, rid)?;
-        for (i, a) in self.meta.attributes.iter().enumerate() {
-            let v = row.values.get(&a.name).unwrap_or(&sync_core::Value::Null);
-            stmt.raw_bind_parameter(i + 2, Bind(v))?;
+        let attrs = &self.meta.attributes;
+        // A checked row holds exactly the attributes, in name order: walk
+        // it beside `by_name` instead of looking every column up.
+        let exact = row.values.len() == attrs.len()
+            && row.values.keys().zip(&self.by_name).all(|(name, &i)| *name == attrs[i].name);
+        if exact {
+            for (v, &i) in row.values.values().zip(&self.by_name) {
+                stmt.raw_bind_parameter(i + 2, Bind(v))?;
+            }
+        } else {
+            for (i, a) in attrs.iter().enumerate() {
+                let v = row.values.get(&a.name).unwrap_or(&sync_core::Value::Null);
+                stmt.raw_bind_parameter(i + 2, Bind(v))?;
+            }
         }
         let n = self.meta.attributes.len();
         stmt.raw_bind_parameter(n + 2, version_param(version)?)?;
