@@ -275,6 +275,9 @@ fn main() {
     let store_dir = dir.join("store");
     let _ = std::fs::remove_dir_all(&store_dir);
     let mut options = StoreOptions { cache_size_kib: (cache_mib * 1024) as u32, ..StoreOptions::default() };
+    if let Ok(bytes) = std::env::var("SQLITE_BENCH_MMAP") {
+        options.mmap_size = bytes.parse().unwrap();
+    }
     if let Ok(pages) = std::env::var("SQLITE_BENCH_WAL_PAGES") {
         options.wal_autocheckpoint = pages.parse().unwrap();
     }

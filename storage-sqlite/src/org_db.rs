@@ -613,6 +613,7 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
              ON CONFLICT (eid, key) DO UPDATE SET parts = excluded.parts, seq = excluded.seq",
         )?;
         let mut pids = Vec::new();
+        let mut updating = false;
         for row in &rows {
             pids.clear();
             for key in planner.partitions(row) {
@@ -646,39 +647,48 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
                 outcome.upserted += 1;
                 continue;
             }
-            // Most rows of a large page are usually new: try the insert
-            // first, which also tells whether the key is staged.
-            let parts = Parts(pids.iter().map(|&pid| PartRef { pid, seq: seq_i, removed: false }).collect());
-            table.bind_row(&mut try_insert, next_rid, row, seq, &parts)?;
-            if try_insert.raw_execute()? == 1 {
-                let m = Member { eid, rid: next_rid, entity, row_id: &row.id };
-                for &pid in &pids {
-                    writer.write(pid, m, None, Seq::ZERO, seq, Some(seq))?;
-                }
-                head = seq;
-                next_rid += 1;
-                row_delta += 1;
-                outcome.upserted += 1;
-                continue;
+            // A page is usually all new rows (an initial read) or mostly
+            // staged ones (changes): start with the insert while rows turn
+            // out new, with the lookup while they turn out staged.
+            let key = table.canonical_key(&row.id);
+            let mut found = None;
+            if updating && let Some(key) = &key {
+                found = table.probe(&mut lookup, key.clone(), row)?;
             }
-            let prev = match table.canonical_key(&row.id) {
-                Some(key) => table.lookup(&mut lookup, key)?,
-                None => None,
-            };
-            let Some(prev) = prev else {
+            if found.is_none() {
+                let parts =
+                    Parts(pids.iter().map(|&pid| PartRef { pid, seq: seq_i, removed: false }).collect());
+                table.bind_row(&mut try_insert, next_rid, row, seq, &parts)?;
+                if try_insert.raw_execute()? == 1 {
+                    let m = Member { eid, rid: next_rid, entity, row_id: &row.id };
+                    for &pid in &pids {
+                        writer.write(pid, m, None, Seq::ZERO, seq, Some(seq))?;
+                    }
+                    head = seq;
+                    next_rid += 1;
+                    row_delta += 1;
+                    outcome.upserted += 1;
+                    updating = false;
+                    continue;
+                }
+                if !updating && let Some(key) = key {
+                    found = table.probe(&mut lookup, key, row)?;
+                }
+            }
+            let Some(prev) = found else {
                 return Err(StoreError::Corrupt(format!(
                     "row '{}' of '{entity}' is neither new nor staged",
                     row.id
                 )));
             };
-            if prev.staged.row.values == row.values {
+            updating = true;
+            if prev.unchanged {
                 outcome.unchanged += 1;
                 continue;
             }
             head = seq;
             let m = Member { eid, rid: prev.rid, entity, row_id: &row.id };
-            let parts =
-                restage(&mut writer, m, Some((&prev.parts, prev.staged.version)), &pids, head, floor)?;
+            let parts = restage(&mut writer, m, Some((&prev.parts, prev.version)), &pids, head, floor)?;
             table.bind_row(&mut update, prev.rid, row, head, &parts)?;
             update.raw_execute()?;
             outcome.upserted += 1;

@@ -11,7 +11,7 @@
 //! The primary-key attribute is `NOT NULL UNIQUE`.
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, Statement};
+use rusqlite::{Connection, Statement, ToSql};
 use sync_core::row::Row;
 use sync_core::{AttributeType, EntityMetadata, RowId, Seq, StagedRow};
 
@@ -313,6 +313,37 @@ impl Table {
         }
     }
 
+    /// What an upsert needs of the staged row with the stored key `key`
+    /// (a statement from [`Table::select_by_key`]): its number, version and
+    /// membership references, and whether `row` (checked) would leave it
+    /// unchanged. Values are compared in their stored form, so nothing is
+    /// decoded; a stored value in another form than this crate writes (an
+    /// edit by hand) counts as a change.
+    pub(crate) fn probe(&self, stmt: &mut Statement<'_>, key: SqlValue, row: &Row) -> R<Option<Probe>> {
+        let mut rows = stmt.query([key])?;
+        let Some(r) = rows.next()? else { return Ok(None) };
+        let rid: i64 = r.get(0)?;
+        let attrs = &self.meta.attributes;
+        let mut unchanged = row.values.len() == attrs.len();
+        if unchanged {
+            for ((name, v), &i) in row.values.iter().zip(&self.by_name) {
+                if *name != attrs[i].name || !same_stored(r.get_ref(i + 1)?, &Bind(v).to_sql()?) {
+                    unchanged = false;
+                    break;
+                }
+            }
+        }
+        let n = attrs.len();
+        let version = seq_of(r.get(n + 1)?)?;
+        let parts = match r.get_ref(n + 2)? {
+            rusqlite::types::ValueRef::Text(t) => {
+                Parts::parse(std::str::from_utf8(t).map_err(|e| StoreError::Corrupt(e.to_string()))?)?
+            }
+            _ => Parts::default(),
+        };
+        Ok(Some(Probe { rid, version, parts, unchanged }))
+    }
+
     /// The staged row numbered `rid`, if any.
     pub(crate) fn get_by_rid(&self, conn: &Connection, rid: i64) -> R<Option<StagedRow>> {
         let mut stmt = conn.prepare_cached(&self.select_by_rid)?;
@@ -321,6 +352,38 @@ impl Table {
             Some(r) => Ok(Some(self.decode_row(r)?.staged)),
             None => Ok(None),
         }
+    }
+}
+
+/// A staged row as an upsert sees it (see [`Table::probe`]).
+pub(crate) struct Probe {
+    pub(crate) rid: i64,
+    pub(crate) version: Seq,
+    pub(crate) parts: Parts,
+    pub(crate) unchanged: bool,
+}
+
+/// Whether a stored value equals a value about to be bound (same storage
+/// class and content; reals compare as numbers).
+fn same_stored(stored: rusqlite::types::ValueRef<'_>, new: &rusqlite::types::ToSqlOutput<'_>) -> bool {
+    use rusqlite::types::{ToSqlOutput, Value as V, ValueRef as VR};
+    let new = match new {
+        ToSqlOutput::Borrowed(v) => *v,
+        ToSqlOutput::Owned(v) => match v {
+            V::Null => VR::Null,
+            V::Integer(i) => VR::Integer(*i),
+            V::Real(f) => VR::Real(*f),
+            V::Text(t) => VR::Text(t.as_bytes()),
+            V::Blob(b) => VR::Blob(b),
+        },
+        _ => return false,
+    };
+    match (stored, new) {
+        (VR::Null, VR::Null) => true,
+        (VR::Integer(a), VR::Integer(b)) => a == b,
+        (VR::Real(a), VR::Real(b)) => a == b,
+        (VR::Text(a), VR::Text(b)) | (VR::Blob(a), VR::Blob(b)) => a == b,
+        _ => false,
     }
 }
 

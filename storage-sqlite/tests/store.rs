@@ -559,6 +559,119 @@ async fn data_survives_reopen_and_drop_removes_files() {
     assert_eq!(store.orgs().await.unwrap().len(), 1);
 }
 
+#[tokio::test]
+async fn unchanged_rows_are_recognised_in_stored_form_for_every_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), StoreOptions::default()).await;
+    store.create_org(&org_config("contoso")).await.unwrap();
+    let staging = store.org(&org_id("contoso")).await.unwrap();
+    let meta = EntityMetadata::new(
+        entity("gadget"),
+        col("gadgetid"),
+        vec![
+            Attribute::new(col("gadgetid"), AttributeType::Integer),
+            Attribute::new(col("label"), AttributeType::String),
+            Attribute::new(col("price"), AttributeType::Decimal),
+            Attribute::new(col("weight"), AttributeType::Float),
+            Attribute::new(col("active"), AttributeType::Boolean),
+            Attribute::new(col("seen"), AttributeType::DateTime),
+            Attribute::new(col("tag"), AttributeType::Uuid),
+            Attribute::new(col("extra"), AttributeType::Json),
+        ],
+    )
+    .unwrap();
+    staging.apply_schema(&meta).await.unwrap();
+    let tag = uuid::Uuid::new_v4();
+    let row = |price: &str, weight: Value, seen: &str, tag: String, extra: serde_json::Value| {
+        Row::new(
+            RowId::new("7").unwrap(),
+            [
+                (col("label"), Value::from("x")),
+                (col("price"), Value::from(price)),
+                (col("weight"), weight),
+                (col("active"), Value::Boolean(true)),
+                (col("seen"), Value::from(seen)),
+                (col("tag"), Value::from(tag)),
+                (col("extra"), Value::Json(extra)),
+            ],
+        )
+    };
+    let first = row(
+        "1.50",
+        Value::Float(3.0),
+        "2024-05-01T12:00:00.5Z",
+        tag.to_string(),
+        serde_json::json!({"a": [1, 2], "b": null}),
+    );
+    let out = staging.apply_changes(&entity("gadget"), &page(vec![first], vec![], "t1")).await.unwrap();
+    assert_eq!(out.upserted, 1);
+    // The same values spelled differently: unchanged.
+    let same = row(
+        "1.5",
+        Value::Integer(3),
+        "2024-05-01T14:00:00.500+02:00",
+        tag.to_string().to_uppercase(),
+        serde_json::json!({"b": null, "a": [1, 2]}),
+    );
+    let out = staging.apply_changes(&entity("gadget"), &page(vec![same], vec![], "t2")).await.unwrap();
+    assert_eq!((out.upserted, out.unchanged), (0, 1), "equal values in other spellings are unchanged");
+    // Any one value changed: a new version.
+    let changes = [
+        row(
+            "1.51",
+            Value::Float(3.0),
+            "2024-05-01T12:00:00.5Z",
+            tag.to_string(),
+            serde_json::json!({"a": [1, 2], "b": null}),
+        ),
+        row(
+            "1.5",
+            Value::Float(3.5),
+            "2024-05-01T12:00:00.5Z",
+            tag.to_string(),
+            serde_json::json!({"a": [1, 2], "b": null}),
+        ),
+        row(
+            "1.5",
+            Value::Float(3.5),
+            "2024-05-01T12:00:00.6Z",
+            tag.to_string(),
+            serde_json::json!({"a": [1, 2], "b": null}),
+        ),
+        row(
+            "1.5",
+            Value::Float(3.5),
+            "2024-05-01T12:00:00.6Z",
+            uuid::Uuid::new_v4().to_string(),
+            serde_json::json!({"a": [1, 2], "b": null}),
+        ),
+        row(
+            "1.5",
+            Value::Float(3.5),
+            "2024-05-01T12:00:00.6Z",
+            tag.to_string(),
+            serde_json::json!({"a": [2, 1]}),
+        ),
+    ];
+    for (i, changed) in changes.into_iter().enumerate() {
+        let out = staging.apply_changes(&entity("gadget"), &page(vec![changed], vec![], "t3")).await.unwrap();
+        assert_eq!((out.upserted, out.unchanged), (1, 0), "change {i} is a change");
+    }
+    let mut nulled = row(
+        "1.5",
+        Value::Float(3.5),
+        "2024-05-01T12:00:00.6Z",
+        tag.to_string(),
+        serde_json::json!({"a": [2, 1]}),
+    );
+    nulled.values.insert(col("label"), Value::Null);
+    let out =
+        staging.apply_changes(&entity("gadget"), &page(vec![nulled.clone()], vec![], "t4")).await.unwrap();
+    assert_eq!((out.upserted, out.unchanged), (1, 0), "a value becoming null is a change");
+    let out = staging.apply_changes(&entity("gadget"), &page(vec![nulled], vec![], "t5")).await.unwrap();
+    assert_eq!((out.upserted, out.unchanged), (0, 1));
+}
+
 /// Entries of the membership log per (partition, row id), removes
 /// included, read straight from the org's file.
 fn log_entries(path: &std::path::Path) -> std::collections::BTreeMap<(String, String), Vec<bool>> {
