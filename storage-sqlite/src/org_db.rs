@@ -866,8 +866,9 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             continue;
         };
         let mut last = *pos;
-        let remaining = max_rows.saturating_sub(changes.len());
-        let limit = i64::try_from(remaining.saturating_add(1)).unwrap_or(i64::MAX);
+        // No LIMIT in the queries: SQLite re-prepares a statement whose
+        // bound LIMIT changes, on every call; the scans stream in key order
+        // and stop when the page is full.
         let from = entry_id(pid, version_param(*pos)?)?;
         let to = entry_id(pid, MAX_SEQ)?;
         let (single, mixed): (Option<i64>, bool) = tx
@@ -886,7 +887,7 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             }
             let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
             let mut stmt = tx.prepare_cached(&table.pull_join_sql())?;
-            let mut rows = stmt.query(rusqlite::params![from, to, limit])?;
+            let mut rows = stmt.query(rusqlite::params![from, to])?;
             while let Some(r) = rows.next()? {
                 if changes.len() >= max_rows {
                     more = true;
@@ -928,9 +929,9 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
         }
         let mut stmt = tx.prepare_cached(
             "SELECT id & 1099511627775, eid, rid, removed, row_id FROM _sync_membership \
-             WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+             WHERE id > ?1 AND id <= ?2 ORDER BY id",
         )?;
-        let mut rows = stmt.query(rusqlite::params![from, to, limit])?;
+        let mut rows = stmt.query(rusqlite::params![from, to])?;
         while let Some(r) = rows.next()? {
             if changes.len() >= max_rows {
                 more = true;

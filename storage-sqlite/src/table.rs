@@ -133,7 +133,7 @@ impl Table {
     }
 
     /// Selects the membership entries of one partition in an entry-id
-    /// range (`?1` exclusive, `?2` inclusive, `?3` limit), in seq order,
+    /// range (`?1` exclusive, `?2` inclusive), in seq order,
     /// each with its row of this table (null columns for removes).
     /// Columns: seq, removed, row_id, then the select list.
     pub(crate) fn pull_join_sql(&self) -> String {
@@ -141,7 +141,7 @@ impl Table {
         format!(
             "SELECT m.id & {}, m.removed, m.row_id, {} FROM _sync_membership m \
              LEFT JOIN {} t ON t.{} = m.rid AND m.removed = 0 \
-             WHERE m.id > ?1 AND m.id <= ?2 ORDER BY m.id LIMIT ?3",
+             WHERE m.id > ?1 AND m.id <= ?2 ORDER BY m.id",
             crate::membership::MAX_SEQ,
             cols.join(", "),
             self.name,
