@@ -11,13 +11,16 @@
 //! pull, default 1,000), `SQLITE_BENCH_CACHE_MIB` (page cache of every
 //! connection, raw and store alike, default 64), `SQLITE_BENCH_OWNERS`
 //! (distinct owners, default 100), `SQLITE_BENCH_DIR` (where the databases
-//! go; default a temporary directory).
+//! go; default a temporary directory), and two store options to try:
+//! `SQLITE_BENCH_WAL_PAGES` (`wal_autocheckpoint`) and `SQLITE_BENCH_MMAP`
+//! (`mmap_size` in bytes); both default to the store's defaults.
 //!
 //! Scenario: CRM-like `account` rows (uuid key + 8 typed columns); profile
 //! `sales` with item `active` (`statecode eq 0`, 90 % of rows) and item
 //! `mine` (`ownerid eq @user.id`, one partition per owner).
 //! * ingest: the store stages every row through `apply_changes` in pages
-//!   (rows + membership of both items + checksums + token per page); raw
+//!   made before timing (rows + membership of both items + checksums +
+//!   token per page); raw
 //!   rusqlite upserts the same rows with one prepared statement in one
 //!   transaction into a table with an indexed version column.
 //! * update: every row again with changed values (owners and states move),
@@ -141,16 +144,29 @@ fn raw_scan(conn: &rusqlite::Connection) -> (usize, Duration) {
     (n, start.elapsed())
 }
 
-async fn ingest(staging: &dyn sync_core::OrgStaging, rows: &[Row], page: usize, tag: &str) -> Duration {
-    let start = Instant::now();
-    for (i, chunk) in rows.chunks(page).enumerate() {
-        let p = ChangePage {
-            upserts: chunk.to_vec(),
+/// The rows as change pages of `page` rows, made before the clock starts:
+/// the store is timed on staging pages it is handed, as raw rusqlite is
+/// timed on rows it is handed (copying the rows into pages is the caller's
+/// work, not the store's).
+fn pages(rows: Vec<Row>, page: usize, tag: &str) -> Vec<ChangePage> {
+    let mut out = Vec::with_capacity(rows.len().div_ceil(page));
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let i = out.len();
+        out.push(ChangePage {
+            upserts: rows.by_ref().take(page).collect(),
             deletes: vec![],
             next_token: Some(ChangeToken(format!("{tag}-{i}"))),
             more: true,
-        };
-        staging.apply_changes(&entity("account"), &p).await.unwrap();
+        });
+    }
+    out
+}
+
+async fn ingest(staging: &dyn sync_core::OrgStaging, pages: &[ChangePage]) -> Duration {
+    let start = Instant::now();
+    for p in pages {
+        staging.apply_changes(&entity("account"), p).await.unwrap();
     }
     start.elapsed()
 }
@@ -269,12 +285,16 @@ fn main() {
     );
     let raw_scan_updated = phase(n, timed(|| assert_eq!(raw_scan(&raw).0, n)));
     drop(raw);
+    let (fresh, updated) = (pages(fresh, page, "a"), pages(updated, page, "b"));
 
     // The store.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let store_dir = dir.join("store");
     let _ = std::fs::remove_dir_all(&store_dir);
     let mut options = StoreOptions { cache_size_kib: (cache_mib * 1024) as u32, ..StoreOptions::default() };
+    if let Ok(bytes) = std::env::var("SQLITE_BENCH_MMAP") {
+        options.mmap_size = bytes.parse().unwrap();
+    }
     if let Ok(pages) = std::env::var("SQLITE_BENCH_WAL_PAGES") {
         options.wal_autocheckpoint = pages.parse().unwrap();
     }
@@ -299,7 +319,7 @@ fn main() {
         n,
         timed(|| {
             rt.block_on(async {
-                ingest(s, &fresh, page, "a").await;
+                ingest(s, &fresh).await;
             })
         }),
     );
@@ -312,7 +332,7 @@ fn main() {
         n,
         timed(|| {
             rt.block_on(async {
-                ingest(s, &updated, page, "b").await;
+                ingest(s, &updated).await;
             })
         }),
     );

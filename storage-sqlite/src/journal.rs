@@ -10,7 +10,7 @@ use sync_core::value::format_datetime;
 use sync_core::{ColumnName, Row, RowId, Seq, Value};
 
 use crate::error::{R, StoreError};
-use crate::sql::parse_datetime;
+use sync_core::value::parse_datetime;
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "t", content = "v", rename_all = "lowercase")]

@@ -15,6 +15,9 @@
 //!   the entry the row points at and appends the new one, so the log keeps
 //!   one entry per (partition, row) without an index on rows, and a
 //!   recomputation only needs the rows.
+//! * A deleted row's references (its tombstones) move to `_sync_graves`,
+//!   keyed by the row's key: a row created again with that key takes them
+//!   over, so its puts replace the tombstones rather than sit beside them.
 //!
 //! Invariant (kept by every write): a row's live entries refer to its
 //! current version, except right after a schema rebuild gave it a new one,
@@ -121,6 +124,8 @@ struct PartitionInfo {
 
 /// Entries inserted per multi-row `INSERT` when the log is flushed.
 const INSERT_BATCH: usize = 64;
+/// Entries deleted per `DELETE … IN (…)` when the log is flushed.
+const DELETE_BATCH: usize = 64;
 
 /// An entry waiting to be inserted: entity id, row number, version,
 /// removed, and the row id of a remove.
@@ -129,13 +134,16 @@ type PendingEntry = (i64, i64, i64, bool, Option<String>);
 /// Writes membership entries and buffers checksum changes and partition
 /// facts for one transaction. Log writes are buffered too: deletes of
 /// entries written earlier in the transaction cancel out in memory, and the
-/// new entries are inserted at [`MembershipWriter::flush`], in key order and
-/// many per statement.
+/// replaced entries are deleted and the new ones inserted at
+/// [`MembershipWriter::flush`], in key order and many per statement.
 pub(crate) struct MembershipWriter<'c> {
     conn: &'c Connection,
     insert: CachedStatement<'c>,
     delete: CachedStatement<'c>,
     pids: HashMap<PartitionKey, i64>,
+    /// Entries of earlier transactions that were replaced, deleted at
+    /// flush in key order.
+    doomed: Vec<i64>,
     info: HashMap<i64, PartitionInfo>,
     deltas: HashMap<i64, (u32, i64)>,
     pending: BTreeMap<i64, PendingEntry>,
@@ -148,6 +156,7 @@ impl<'c> MembershipWriter<'c> {
             insert: conn.prepare_cached(INSERT_ENTRY)?,
             delete: conn.prepare_cached(DELETE_ENTRY)?,
             pids: HashMap::new(),
+            doomed: Vec::new(),
             info: HashMap::new(),
             deltas: HashMap::new(),
             pending: BTreeMap::new(),
@@ -222,7 +231,7 @@ impl<'c> MembershipWriter<'c> {
         if let Some(old) = old {
             let id = entry_id(pid, old.seq)?;
             if self.pending.remove(&id).is_none() {
-                self.delete.execute([id])?;
+                self.doomed.push(id);
             }
             if !old.removed {
                 self.delta(pid, m, old_version, false);
@@ -248,6 +257,8 @@ impl<'c> MembershipWriter<'c> {
     }
 
     /// The version of the entry at (`pid`, `seq`), if it exists.
+    /// Callers ask only for entries a row refers to now, never for one
+    /// replaced in this transaction (still in the table until the flush).
     pub(crate) fn entry_version(&self, pid: i64, seq: i64) -> R<Option<Seq>> {
         if let Some(p) = self.pending.get(&entry_id(pid, seq)?) {
             return seq_of(p.2).map(Some);
@@ -258,6 +269,29 @@ impl<'c> MembershipWriter<'c> {
             .query_row([entry_id(pid, seq)?], |r| r.get(0))
             .optional()?;
         v.map(seq_of).transpose()
+    }
+
+    /// Deletes the replaced entries, in key order and many per statement
+    /// (neighbouring entries share pages, so the deletes walk the log once).
+    fn flush_deletes(&mut self) -> R<()> {
+        let mut doomed = std::mem::take(&mut self.doomed);
+        doomed.sort_unstable();
+        let mut chunks = doomed.chunks_exact(DELETE_BATCH);
+        if doomed.len() >= DELETE_BATCH {
+            let marks = vec!["?"; DELETE_BATCH].join(", ");
+            let mut batch =
+                self.conn.prepare_cached(&format!("DELETE FROM _sync_membership WHERE id IN ({marks})"))?;
+            for chunk in chunks.by_ref() {
+                for (i, id) in chunk.iter().enumerate() {
+                    batch.raw_bind_parameter(i + 1, id)?;
+                }
+                batch.raw_execute()?;
+            }
+        }
+        for id in chunks.remainder() {
+            self.delete.execute([id])?;
+        }
+        Ok(())
     }
 
     /// Inserts the buffered entries, in key order.
@@ -291,6 +325,7 @@ impl<'c> MembershipWriter<'c> {
 
     /// Writes the buffered entries, checksum changes and partition facts.
     pub(crate) fn flush(mut self) -> R<()> {
+        self.flush_deletes()?;
         self.flush_log()?;
         let mut stmt = self.conn.prepare_cached(
             "UPDATE _sync_partitions SET checksum_sum = (checksum_sum + ?1) % 4294967296, \

@@ -96,12 +96,35 @@ CREATE TABLE IF NOT EXISTS _sync_mutations (
 );
 ";
 
+/// Tables added to the layout after databases of [`FORMAT_VERSION`] were
+/// first written; created with a new database and when an older one is
+/// opened. `_sync_graves` keeps, per deleted row (entity id, stored key),
+/// the row's membership references (its tombstones) and the newest of
+/// their seqs, so a row created again with that key replaces its
+/// tombstones instead of sitting beside them.
+const LATER_DDL: &str = "
+CREATE TABLE IF NOT EXISTS _sync_graves (
+    eid   INTEGER NOT NULL,
+    key   NOT NULL,
+    parts TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    PRIMARY KEY (eid, key)
+) WITHOUT ROWID;
+";
+
+/// Completes the layout of an existing org database (see [`LATER_DDL`]).
+pub(crate) fn complete_layout(conn: &Connection) -> R<()> {
+    conn.execute_batch(LATER_DDL)?;
+    Ok(())
+}
+
 /// Creates (or opens and completes) an org's database file; returns the
 /// connection (to keep as the org's writer), its incarnation and head.
 pub(crate) fn create_file(path: &Path, settings: &ConnSettings) -> R<(Connection, String, Seq)> {
     let mut conn = open(path, settings, true, false)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(ORG_DDL)?;
+    tx.execute_batch(LATER_DDL)?;
     // This creation of the org: a new file gets a new id, an existing one keeps its own.
     tx.execute(
         "INSERT OR IGNORE INTO _sync_info (key, value) VALUES ('incarnation', ?1)",
@@ -574,27 +597,49 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
     let mut outcome = ApplyOutcome::default();
     let mut writer = MembershipWriter::new(&tx)?;
     let mut row_delta: i64 = 0;
+    // Deleted rows leave graves (see `LATER_DDL`); most pages meet none.
+    let graves: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM _sync_graves WHERE eid = ?1)")?
+        .query_row([eid], |r| r.get(0))?;
     {
         let mut update = tx.prepare_cached(table.update())?;
         let mut delete = tx.prepare_cached(table.delete())?;
         let mut lookup = tx.prepare_cached(table.select_by_key())?;
         let mut try_insert = tx.prepare_cached(&table.insert_new_sql())?;
+        let mut take_grave =
+            tx.prepare_cached("DELETE FROM _sync_graves WHERE eid = ?1 AND key = ?2 RETURNING parts")?;
+        let mut put_grave = tx.prepare_cached(
+            "INSERT INTO _sync_graves (eid, key, parts, seq) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (eid, key) DO UPDATE SET parts = excluded.parts, seq = excluded.seq",
+        )?;
+        let mut pids = Vec::new();
+        let mut updating = false;
         for row in &rows {
-            let after = planner.partitions(row);
-            let mut pids = Vec::with_capacity(after.len());
-            for key in &after {
-                pids.push(writer.pid(key)?);
+            pids.clear();
+            for key in planner.partitions(row) {
+                pids.push(writer.pid(&key)?);
             }
-            // Most rows of a large page are usually new: try the insert
-            // first, which also tells whether the key is staged.
             let seq = head.next();
             let seq_i = version_param(seq)?;
-            let parts = Parts(pids.iter().map(|&pid| PartRef { pid, seq: seq_i, removed: false }).collect());
-            table.bind_row(&mut try_insert, next_rid, row, seq, &parts)?;
-            if try_insert.raw_execute()? == 1 {
+            // A key with a grave is not staged (a row and its grave never
+            // coexist): the row is new and takes over its tombstones.
+            let grave = match table.canonical_key(&row.id) {
+                Some(key) if graves => take_grave
+                    .query_row(rusqlite::params![eid, key], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .map(|text| Parts::parse(&text))
+                    .transpose()?,
+                _ => None,
+            };
+            if let Some(tombstones) = grave {
                 let m = Member { eid, rid: next_rid, entity, row_id: &row.id };
-                for &pid in &pids {
-                    writer.write(pid, m, None, Seq::ZERO, seq, Some(seq))?;
+                let parts = restage(&mut writer, m, Some((&tombstones, Seq::ZERO)), &pids, seq, floor)?;
+                table.bind_row(&mut try_insert, next_rid, row, seq, &parts)?;
+                if try_insert.raw_execute()? != 1 {
+                    return Err(StoreError::Corrupt(format!(
+                        "row '{}' of '{entity}' has a grave but is staged",
+                        row.id
+                    )));
                 }
                 head = seq;
                 next_rid += 1;
@@ -602,34 +647,65 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
                 outcome.upserted += 1;
                 continue;
             }
-            let prev = match table.canonical_key(&row.id) {
-                Some(key) => table.lookup(&mut lookup, key)?,
-                None => None,
-            };
-            let Some(prev) = prev else {
+            // A page is usually all new rows (an initial read) or mostly
+            // staged ones (changes): start with the insert while rows turn
+            // out new, with the lookup while they turn out staged.
+            let key = table.canonical_key(&row.id);
+            let mut found = None;
+            if updating && let Some(key) = &key {
+                found = table.probe(&mut lookup, key.clone(), row)?;
+            }
+            if found.is_none() {
+                let parts =
+                    Parts(pids.iter().map(|&pid| PartRef { pid, seq: seq_i, removed: false }).collect());
+                table.bind_row(&mut try_insert, next_rid, row, seq, &parts)?;
+                if try_insert.raw_execute()? == 1 {
+                    let m = Member { eid, rid: next_rid, entity, row_id: &row.id };
+                    for &pid in &pids {
+                        writer.write(pid, m, None, Seq::ZERO, seq, Some(seq))?;
+                    }
+                    head = seq;
+                    next_rid += 1;
+                    row_delta += 1;
+                    outcome.upserted += 1;
+                    updating = false;
+                    continue;
+                }
+                if !updating && let Some(key) = key {
+                    found = table.probe(&mut lookup, key, row)?;
+                }
+            }
+            let Some(prev) = found else {
                 return Err(StoreError::Corrupt(format!(
                     "row '{}' of '{entity}' is neither new nor staged",
                     row.id
                 )));
             };
-            if prev.staged.row.values == row.values {
+            updating = true;
+            if prev.unchanged {
                 outcome.unchanged += 1;
                 continue;
             }
             head = seq;
             let m = Member { eid, rid: prev.rid, entity, row_id: &row.id };
-            let parts = restage(&mut writer, m, Some(&prev), &after, head, floor)?;
+            let parts = restage(&mut writer, m, Some((&prev.parts, prev.version)), &pids, head, floor)?;
             table.bind_row(&mut update, prev.rid, row, head, &parts)?;
             update.raw_execute()?;
             outcome.upserted += 1;
         }
         for id in &deletes {
             let Some(key) = table.canonical_key(id) else { continue };
-            let Some(prev) = table.lookup(&mut lookup, key)? else { continue };
+            let Some(prev) = table.lookup(&mut lookup, key.clone())? else { continue };
             head = head.next();
             let m = Member { eid, rid: prev.rid, entity, row_id: &prev.staged.row.id };
-            restage(&mut writer, m, Some(&prev), &[], head, floor)?;
+            let tombstones =
+                restage(&mut writer, m, Some((&prev.parts, prev.staged.version)), &[], head, floor)?;
             delete.execute([prev.rid])?;
+            if let Some(newest) = tombstones.0.iter().map(|p| p.seq).max() {
+                // Deletes come after the page's upserts: no row of this
+                // page can meet this grave.
+                put_grave.execute(rusqlite::params![eid, key, tombstones.to_text(), newest])?;
+            }
             row_delta -= 1;
             outcome.deleted += 1;
         }
@@ -651,8 +727,8 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
 }
 
 /// Writes the membership ops of one row changing at `seq` from `previous`
-/// (with its references) to a row in the partitions `after` (sorted; empty
-/// for a delete): what [`MembershipPlanner::plan`] gives — a remove for
+/// (its references and version; for a row created again, the tombstones
+/// its grave kept) to a row in the partitions `pids` (empty for a delete): what [`MembershipPlanner::plan`] gives — a remove for
 /// every partition the row was in and is not any more, a put for every
 /// partition it is in — each replacing the row's previous entry in that
 /// partition. Returns the row's new references (tombstones purged below
@@ -660,29 +736,25 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
 fn restage(
     writer: &mut MembershipWriter<'_>,
     m: Member<'_>,
-    previous: Option<&Stored>,
-    after: &[PartitionKey],
+    previous: Option<(&Parts, Seq)>,
+    pids: &[i64],
     seq: Seq,
     floor: i64,
 ) -> R<Parts> {
-    let mut pids = Vec::with_capacity(after.len());
-    for key in after {
-        pids.push(writer.pid(key)?);
-    }
     let mut parts: Vec<PartRef> = Vec::with_capacity(pids.len());
-    if let Some(prev) = previous {
-        for r in &prev.parts.0 {
+    if let Some((prev, prev_version)) = previous {
+        for r in &prev.0 {
             if pids.contains(&r.pid) {
-                parts.push(writer.write(r.pid, m, Some(*r), prev.staged.version, seq, Some(seq))?);
+                parts.push(writer.write(r.pid, m, Some(*r), prev_version, seq, Some(seq))?);
             } else if !r.removed {
-                parts.push(writer.write(r.pid, m, Some(*r), prev.staged.version, seq, None)?);
+                parts.push(writer.write(r.pid, m, Some(*r), prev_version, seq, None)?);
             } else if r.seq > floor {
                 parts.push(*r);
             }
         }
     }
-    for pid in pids {
-        if previous.and_then(|p| p.parts.get(pid)).is_none() {
+    for &pid in pids {
+        if previous.and_then(|(p, _)| p.get(pid)).is_none() {
             parts.push(writer.write(pid, m, None, Seq::ZERO, seq, Some(seq))?);
         }
     }
@@ -774,7 +846,9 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
     }
     let max_rows = plan.max_rows.max(1);
     let mut tables: HashMap<i64, Table> = HashMap::new();
-    let mut changes: Vec<PulledChange> = Vec::new();
+    // A page is usually full: room for it up front (bounded, as the plan
+    // comes from a request).
+    let mut changes: Vec<PulledChange> = Vec::with_capacity(max_rows.min(4096));
     let mut positions = Vec::with_capacity(plan.partitions.len());
     let mut bytes = 0usize;
     let mut more = false;
@@ -792,8 +866,9 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             continue;
         };
         let mut last = *pos;
-        let remaining = max_rows.saturating_sub(changes.len());
-        let limit = i64::try_from(remaining.saturating_add(1)).unwrap_or(i64::MAX);
+        // No LIMIT in the queries: SQLite re-prepares a statement whose
+        // bound LIMIT changes, on every call; the scans stream in key order
+        // and stop when the page is full.
         let from = entry_id(pid, version_param(*pos)?)?;
         let to = entry_id(pid, MAX_SEQ)?;
         let (single, mixed): (Option<i64>, bool) = tx
@@ -812,7 +887,7 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             }
             let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
             let mut stmt = tx.prepare_cached(&table.pull_join_sql())?;
-            let mut rows = stmt.query(rusqlite::params![from, to, limit])?;
+            let mut rows = stmt.query(rusqlite::params![from, to])?;
             while let Some(r) = rows.next()? {
                 if changes.len() >= max_rows {
                     more = true;
@@ -854,9 +929,9 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
         }
         let mut stmt = tx.prepare_cached(
             "SELECT id & 1099511627775, eid, rid, removed, row_id FROM _sync_membership \
-             WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+             WHERE id > ?1 AND id <= ?2 ORDER BY id",
         )?;
-        let mut rows = stmt.query(rusqlite::params![from, to, limit])?;
+        let mut rows = stmt.query(rusqlite::params![from, to])?;
         while let Some(r) = rows.next()? {
             if changes.len() >= max_rows {
                 more = true;
@@ -978,6 +1053,8 @@ pub(crate) fn purge_tombstones(conn: &mut Connection, up_to: Seq) -> R<u64> {
             deleted += stmt.execute([entry_id(pid, 0)?, entry_id(pid, version_param(up_to)?)?])? as u64;
         }
     }
+    // Graves whose tombstones are all purged have nothing left to replace.
+    tx.prepare_cached("DELETE FROM _sync_graves WHERE seq <= ?1")?.execute([version_param(up_to)?])?;
     if up_to > tombstone_floor(&tx)? {
         meta_set(&tx, "tombstone_floor", version_param(up_to)?)?;
     }

@@ -7,10 +7,8 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
 use rust_decimal::Decimal;
-use sync_core::value::format_datetime;
+use sync_core::value::{format_datetime, parse_datetime};
 use sync_core::{AttributeType, Value};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::error::{R, StoreError};
@@ -106,49 +104,6 @@ pub(crate) fn decode(ty: &AttributeType, column: &str, v: ValueRef<'_>) -> R<Val
     loose.coerce(ty).map_err(|e| StoreError::Corrupt(format!("column '{column}': {e}")))
 }
 
-/// Parses the canonical UTC form written by [`format_datetime`]
-/// (`YYYY-MM-DDTHH:MM:SS[.fraction]Z`) without the general RFC 3339 parser,
-/// falling back to it for anything else.
-pub(crate) fn parse_datetime(s: &str) -> Option<OffsetDateTime> {
-    fast_datetime(s.as_bytes()).or_else(|| OffsetDateTime::parse(s, &Rfc3339).ok())
-}
-
-fn fast_datetime(b: &[u8]) -> Option<OffsetDateTime> {
-    fn num(b: &[u8]) -> Option<u32> {
-        let mut n = 0u32;
-        for &c in b {
-            if !c.is_ascii_digit() {
-                return None;
-            }
-            n = n * 10 + u32::from(c - b'0');
-        }
-        Some(n)
-    }
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    if *b.last()? != b'Z' {
-        return None;
-    }
-    let year = i32::try_from(num(&b[0..4])?).ok()?;
-    let month = time::Month::try_from(u8::try_from(num(&b[5..7])?).ok()?).ok()?;
-    let day = u8::try_from(num(&b[8..10])?).ok()?;
-    let hour = u8::try_from(num(&b[11..13])?).ok()?;
-    let minute = u8::try_from(num(&b[14..16])?).ok()?;
-    let second = u8::try_from(num(&b[17..19])?).ok()?;
-    let rest = &b[19..b.len() - 1];
-    let nanos = match rest {
-        [] => 0,
-        [b'.', digits @ ..] if !digits.is_empty() && digits.len() <= 9 => {
-            num(digits)? * 10u32.pow(9 - digits.len() as u32)
-        }
-        _ => return None,
-    };
-    let date = time::Date::from_calendar_date(year, month, day).ok()?;
-    let t = time::Time::from_hms_nano(hour, minute, second, nanos).ok()?;
-    Some(time::PrimitiveDateTime::new(date, t).assume_utc())
-}
-
 /// Connection settings shared by every database this crate opens.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnSettings {
@@ -213,20 +168,6 @@ mod tests {
     fn quotes_identifiers() {
         assert_eq!(quote("account"), "\"account\"");
         assert_eq!(quote("a\"b"), "\"a\"\"b\"");
-    }
-
-    #[test]
-    fn fast_datetime_matches_rfc3339() {
-        for s in ["2024-01-02T03:04:05Z", "2024-01-02T03:04:05.5Z", "1999-12-31T23:59:59.123456789Z"] {
-            assert_eq!(parse_datetime(s), OffsetDateTime::parse(s, &Rfc3339).ok(), "{s}");
-            assert!(fast_datetime(s.as_bytes()).is_some(), "{s}");
-        }
-        assert_eq!(
-            parse_datetime("2024-01-02T03:04:05+01:00"),
-            OffsetDateTime::parse("2024-01-02T03:04:05+01:00", &Rfc3339).ok()
-        );
-        assert!(parse_datetime("2024-13-02T03:04:05Z").is_none());
-        assert!(parse_datetime("yesterday").is_none());
     }
 
     #[test]

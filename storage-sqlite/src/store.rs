@@ -498,6 +498,7 @@ impl SqliteStagingStore {
         let id = org.clone();
         blocking(move || {
             let conn = open_org(&inner.org_path(&id), &inner.settings, false)?;
+            org_db::complete_layout(&conn)?;
             let (incarnation, head) = (org_db::incarnation(&conn)?, org_db::head(&conn)?);
             Ok(inner.attach(&id, incarnation, head, conn))
         })

@@ -11,7 +11,7 @@
 //! The primary-key attribute is `NOT NULL UNIQUE`.
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, Statement};
+use rusqlite::{Connection, Statement, ToSql};
 use sync_core::row::Row;
 use sync_core::{AttributeType, EntityMetadata, RowId, Seq, StagedRow};
 
@@ -133,7 +133,7 @@ impl Table {
     }
 
     /// Selects the membership entries of one partition in an entry-id
-    /// range (`?1` exclusive, `?2` inclusive, `?3` limit), in seq order,
+    /// range (`?1` exclusive, `?2` inclusive), in seq order,
     /// each with its row of this table (null columns for removes).
     /// Columns: seq, removed, row_id, then the select list.
     pub(crate) fn pull_join_sql(&self) -> String {
@@ -141,7 +141,7 @@ impl Table {
         format!(
             "SELECT m.id & {}, m.removed, m.row_id, {} FROM _sync_membership m \
              LEFT JOIN {} t ON t.{} = m.rid AND m.removed = 0 \
-             WHERE m.id > ?1 AND m.id <= ?2 ORDER BY m.id LIMIT ?3",
+             WHERE m.id > ?1 AND m.id <= ?2 ORDER BY m.id",
             crate::membership::MAX_SEQ,
             cols.join(", "),
             self.name,
@@ -230,9 +230,20 @@ impl Table {
         parts: &Parts,
     ) -> R<()> {
         stmt.raw_bind_parameter(1, rid)?;
-        for (i, a) in self.meta.attributes.iter().enumerate() {
-            let v = row.values.get(&a.name).unwrap_or(&sync_core::Value::Null);
-            stmt.raw_bind_parameter(i + 2, Bind(v))?;
+        let attrs = &self.meta.attributes;
+        // A checked row holds exactly the attributes, in name order: walk
+        // it beside `by_name` instead of looking every column up.
+        let exact = row.values.len() == attrs.len()
+            && row.values.keys().zip(&self.by_name).all(|(name, &i)| *name == attrs[i].name);
+        if exact {
+            for (v, &i) in row.values.values().zip(&self.by_name) {
+                stmt.raw_bind_parameter(i + 2, Bind(v))?;
+            }
+        } else {
+            for (i, a) in attrs.iter().enumerate() {
+                let v = row.values.get(&a.name).unwrap_or(&sync_core::Value::Null);
+                stmt.raw_bind_parameter(i + 2, Bind(v))?;
+            }
         }
         let n = self.meta.attributes.len();
         stmt.raw_bind_parameter(n + 2, version_param(version)?)?;
@@ -250,22 +261,19 @@ impl Table {
     pub(crate) fn decode_at(&self, r: &rusqlite::Row<'_>, at: usize, with_parts: bool) -> R<Stored> {
         let rid: i64 = r.get(at)?;
         let attrs = &self.meta.attributes;
-        let mut decoded: Vec<Option<sync_core::Value>> = Vec::with_capacity(attrs.len());
-        for (i, a) in attrs.iter().enumerate() {
-            decoded.push(Some(decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?));
+        // Decoded straight into the map, in name order (each insert lands at
+        // the end of the one leaf); names are shared, so cloning one is cheap.
+        let mut values = std::collections::BTreeMap::new();
+        for &i in &self.by_name {
+            let a = &attrs[i];
+            values.insert(a.name.clone(), decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?);
         }
-        let id = match decoded.get(self.key_index) {
-            Some(Some(v)) => {
+        let id = match values.get(&attrs[self.key_index].name) {
+            Some(v) if !v.is_null() => {
                 RowId::new(canonical_key_text(v)).map_err(|e| StoreError::Corrupt(e.to_string()))?
             }
             _ => return Err(StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name))),
         };
-        // Built from name order: a bulk build, not one insert per column.
-        let values: std::collections::BTreeMap<_, _> = self
-            .by_name
-            .iter()
-            .map(|&i| (attrs[i].name.clone(), decoded[i].take().unwrap_or(sync_core::Value::Null)))
-            .collect();
         let n = at + attrs.len();
         let version: i64 = r.get(n + 1)?;
         let parts = match r.get_ref(n + 2)? {
@@ -305,6 +313,37 @@ impl Table {
         }
     }
 
+    /// What an upsert needs of the staged row with the stored key `key`
+    /// (a statement from [`Table::select_by_key`]): its number, version and
+    /// membership references, and whether `row` (checked) would leave it
+    /// unchanged. Values are compared in their stored form, so nothing is
+    /// decoded; a stored value in another form than this crate writes (an
+    /// edit by hand) counts as a change.
+    pub(crate) fn probe(&self, stmt: &mut Statement<'_>, key: SqlValue, row: &Row) -> R<Option<Probe>> {
+        let mut rows = stmt.query([key])?;
+        let Some(r) = rows.next()? else { return Ok(None) };
+        let rid: i64 = r.get(0)?;
+        let attrs = &self.meta.attributes;
+        let mut unchanged = row.values.len() == attrs.len();
+        if unchanged {
+            for ((name, v), &i) in row.values.iter().zip(&self.by_name) {
+                if *name != attrs[i].name || !same_stored(r.get_ref(i + 1)?, &Bind(v).to_sql()?) {
+                    unchanged = false;
+                    break;
+                }
+            }
+        }
+        let n = attrs.len();
+        let version = seq_of(r.get(n + 1)?)?;
+        let parts = match r.get_ref(n + 2)? {
+            rusqlite::types::ValueRef::Text(t) => {
+                Parts::parse(std::str::from_utf8(t).map_err(|e| StoreError::Corrupt(e.to_string()))?)?
+            }
+            _ => Parts::default(),
+        };
+        Ok(Some(Probe { rid, version, parts, unchanged }))
+    }
+
     /// The staged row numbered `rid`, if any.
     pub(crate) fn get_by_rid(&self, conn: &Connection, rid: i64) -> R<Option<StagedRow>> {
         let mut stmt = conn.prepare_cached(&self.select_by_rid)?;
@@ -313,6 +352,38 @@ impl Table {
             Some(r) => Ok(Some(self.decode_row(r)?.staged)),
             None => Ok(None),
         }
+    }
+}
+
+/// A staged row as an upsert sees it (see [`Table::probe`]).
+pub(crate) struct Probe {
+    pub(crate) rid: i64,
+    pub(crate) version: Seq,
+    pub(crate) parts: Parts,
+    pub(crate) unchanged: bool,
+}
+
+/// Whether a stored value equals a value about to be bound (same storage
+/// class and content; reals compare as numbers).
+fn same_stored(stored: rusqlite::types::ValueRef<'_>, new: &rusqlite::types::ToSqlOutput<'_>) -> bool {
+    use rusqlite::types::{ToSqlOutput, Value as V, ValueRef as VR};
+    let new = match new {
+        ToSqlOutput::Borrowed(v) => *v,
+        ToSqlOutput::Owned(v) => match v {
+            V::Null => VR::Null,
+            V::Integer(i) => VR::Integer(*i),
+            V::Real(f) => VR::Real(*f),
+            V::Text(t) => VR::Text(t.as_bytes()),
+            V::Blob(b) => VR::Blob(b),
+        },
+        _ => return false,
+    };
+    match (stored, new) {
+        (VR::Null, VR::Null) => true,
+        (VR::Integer(a), VR::Integer(b)) => a == b,
+        (VR::Real(a), VR::Real(b)) => a == b,
+        (VR::Text(a), VR::Text(b)) | (VR::Blob(a), VR::Blob(b)) => a == b,
+        _ => false,
     }
 }
 

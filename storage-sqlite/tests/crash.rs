@@ -105,8 +105,12 @@ fn crash_child() {
                         // Handle (log), then complete: a kill in between
                         // redelivers the message, which is allowed (as is a
                         // lease lost on a slow machine).
-                        log.write_all(&d.body).unwrap();
-                        log.write_all(b"\n").unwrap();
+                        // One write per line: a kill between two writes
+                        // would glue the next line to this one and hide a
+                        // handled message from the check.
+                        let mut line = d.body.clone();
+                        line.push(b'\n');
+                        log.write_all(&line).unwrap();
                         tokio::time::sleep(Duration::from_millis(3)).await;
                         let _ = queue.complete(&d).await;
                     }

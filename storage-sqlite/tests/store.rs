@@ -559,6 +559,203 @@ async fn data_survives_reopen_and_drop_removes_files() {
     assert_eq!(store.orgs().await.unwrap().len(), 1);
 }
 
+#[tokio::test]
+async fn unchanged_rows_are_recognised_in_stored_form_for_every_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), StoreOptions::default()).await;
+    store.create_org(&org_config("contoso")).await.unwrap();
+    let staging = store.org(&org_id("contoso")).await.unwrap();
+    let meta = EntityMetadata::new(
+        entity("gadget"),
+        col("gadgetid"),
+        vec![
+            Attribute::new(col("gadgetid"), AttributeType::Integer),
+            Attribute::new(col("label"), AttributeType::String),
+            Attribute::new(col("price"), AttributeType::Decimal),
+            Attribute::new(col("weight"), AttributeType::Float),
+            Attribute::new(col("active"), AttributeType::Boolean),
+            Attribute::new(col("seen"), AttributeType::DateTime),
+            Attribute::new(col("tag"), AttributeType::Uuid),
+            Attribute::new(col("extra"), AttributeType::Json),
+        ],
+    )
+    .unwrap();
+    staging.apply_schema(&meta).await.unwrap();
+    let tag = uuid::Uuid::new_v4();
+    let row = |price: &str, weight: Value, seen: &str, tag: String, extra: serde_json::Value| {
+        Row::new(
+            RowId::new("7").unwrap(),
+            [
+                (col("label"), Value::from("x")),
+                (col("price"), Value::from(price)),
+                (col("weight"), weight),
+                (col("active"), Value::Boolean(true)),
+                (col("seen"), Value::from(seen)),
+                (col("tag"), Value::from(tag)),
+                (col("extra"), Value::Json(extra)),
+            ],
+        )
+    };
+    let first = row(
+        "1.50",
+        Value::Float(3.0),
+        "2024-05-01T12:00:00.5Z",
+        tag.to_string(),
+        serde_json::json!({"a": [1, 2], "b": null}),
+    );
+    let out = staging.apply_changes(&entity("gadget"), &page(vec![first], vec![], "t1")).await.unwrap();
+    assert_eq!(out.upserted, 1);
+    // The same values spelled differently: unchanged.
+    let same = row(
+        "1.5",
+        Value::Integer(3),
+        "2024-05-01T14:00:00.500+02:00",
+        tag.to_string().to_uppercase(),
+        serde_json::json!({"b": null, "a": [1, 2]}),
+    );
+    let out = staging.apply_changes(&entity("gadget"), &page(vec![same], vec![], "t2")).await.unwrap();
+    assert_eq!((out.upserted, out.unchanged), (0, 1), "equal values in other spellings are unchanged");
+    // Any one value changed: a new version.
+    let changes = [
+        row(
+            "1.51",
+            Value::Float(3.0),
+            "2024-05-01T12:00:00.5Z",
+            tag.to_string(),
+            serde_json::json!({"a": [1, 2], "b": null}),
+        ),
+        row(
+            "1.5",
+            Value::Float(3.5),
+            "2024-05-01T12:00:00.5Z",
+            tag.to_string(),
+            serde_json::json!({"a": [1, 2], "b": null}),
+        ),
+        row(
+            "1.5",
+            Value::Float(3.5),
+            "2024-05-01T12:00:00.6Z",
+            tag.to_string(),
+            serde_json::json!({"a": [1, 2], "b": null}),
+        ),
+        row(
+            "1.5",
+            Value::Float(3.5),
+            "2024-05-01T12:00:00.6Z",
+            uuid::Uuid::new_v4().to_string(),
+            serde_json::json!({"a": [1, 2], "b": null}),
+        ),
+        row(
+            "1.5",
+            Value::Float(3.5),
+            "2024-05-01T12:00:00.6Z",
+            tag.to_string(),
+            serde_json::json!({"a": [2, 1]}),
+        ),
+    ];
+    for (i, changed) in changes.into_iter().enumerate() {
+        let out = staging.apply_changes(&entity("gadget"), &page(vec![changed], vec![], "t3")).await.unwrap();
+        assert_eq!((out.upserted, out.unchanged), (1, 0), "change {i} is a change");
+    }
+    let mut nulled = row(
+        "1.5",
+        Value::Float(3.5),
+        "2024-05-01T12:00:00.6Z",
+        tag.to_string(),
+        serde_json::json!({"a": [2, 1]}),
+    );
+    nulled.values.insert(col("label"), Value::Null);
+    let out =
+        staging.apply_changes(&entity("gadget"), &page(vec![nulled.clone()], vec![], "t4")).await.unwrap();
+    assert_eq!((out.upserted, out.unchanged), (1, 0), "a value becoming null is a change");
+    let out = staging.apply_changes(&entity("gadget"), &page(vec![nulled], vec![], "t5")).await.unwrap();
+    assert_eq!((out.upserted, out.unchanged), (0, 1));
+}
+
+/// Entries of the membership log per (partition, row id), removes
+/// included, read straight from the org's file.
+fn log_entries(path: &std::path::Path) -> std::collections::BTreeMap<(String, String), Vec<bool>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT v.partition, coalesce(v.row_id, t.accountid), v.removed FROM _sync_membership_view v \
+             LEFT JOIN account t ON t._sync_rid = v.rid AND v.removed = 0",
+        )
+        .unwrap();
+    let mut out: std::collections::BTreeMap<(String, String), Vec<bool>> = Default::default();
+    let mut rows = stmt.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        out.entry((r.get(0).unwrap(), r.get(1).unwrap())).or_default().push(r.get(2).unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_row_created_again_replaces_its_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let org = org_id("contoso");
+    let path;
+    {
+        let (store, staging) = setup(dir.path()).await;
+        path = store.org_path(&org);
+        staging.put_profile(&sales_profile()).await.unwrap();
+        let rows: Vec<Row> = (0..20).map(|i| account_row(i, 0, 2)).collect();
+        let ids: Vec<RowId> = rows.iter().map(|r| r.id.clone()).collect();
+        staging.apply_changes(&entity("account"), &page(rows, vec![], "t1")).await.unwrap();
+        staging.apply_changes(&entity("account"), &page(vec![], ids[..10].to_vec(), "t2")).await.unwrap();
+        assert!(log_entries(&path).values().any(|e| e == &[true]), "deletes leave tombstones");
+        // Created again, some in other partitions than before (generation 1
+        // moves owners and states).
+        let again: Vec<Row> = (0..10).map(|i| account_row(i, i % 2, 2)).collect();
+        staging.apply_changes(&entity("account"), &page(again, vec![], "t3")).await.unwrap();
+        for ((partition, id), ops) in log_entries(&path) {
+            assert_eq!(ops.len(), 1, "{id} has {} entries in {partition}: {ops:?}", ops.len());
+        }
+        assert_membership_recomputes(&store, &org, &account_meta()).await;
+    }
+    // An org database written before graves existed gets the table on open
+    // and keeps working (its deleted rows simply have no grave).
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE _sync_graves;").unwrap();
+    }
+    let store = open_store(dir.path(), StoreOptions::default()).await;
+    let staging = store.org(&org).await.unwrap();
+    let ids: Vec<RowId> = (0..20).map(|i| account_row(i, 0, 2).id).collect();
+    staging.apply_changes(&entity("account"), &page(vec![], ids[5..15].to_vec(), "t4")).await.unwrap();
+    staging
+        .apply_changes(
+            &entity("account"),
+            &page((5..15).map(|i| account_row(i, 2, 2)).collect(), vec![], "t5"),
+        )
+        .await
+        .unwrap();
+    for ((partition, id), ops) in log_entries(&path) {
+        assert_eq!(ops.len(), 1, "{id} has {} entries in {partition}: {ops:?}", ops.len());
+    }
+    assert_membership_recomputes(&store, &org, &account_meta()).await;
+    // Purged tombstones take their graves along.
+    staging.apply_changes(&entity("account"), &page(vec![], ids.clone(), "t6")).await.unwrap();
+    staging.purge_tombstones(staging.head().await.unwrap()).await.unwrap();
+    let graves: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM _sync_graves", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(graves, 0, "no grave outlives its tombstones");
+    staging
+        .apply_changes(
+            &entity("account"),
+            &page((0..20).map(|i| account_row(i, 3, 2)).collect(), vec![], "t7"),
+        )
+        .await
+        .unwrap();
+    for ((partition, id), ops) in log_entries(&path) {
+        assert_eq!(ops, vec![false], "{id} in {partition}");
+    }
+    assert_membership_recomputes(&store, &org, &account_meta()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_never_skip_a_commit() {
     // Writers on several tasks; a reader pulls continuously from its

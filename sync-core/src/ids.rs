@@ -6,6 +6,7 @@
 //! hostile name in source metadata or a request never reaches SQL.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,16 +58,19 @@ pub fn quote_sql_identifier(ident: &str) -> String {
 macro_rules! identifier {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
+        ///
+        /// Shared text inside (`Arc<str>`): cloning a name, as every row and
+        /// pulled change does, copies a pointer, not the text.
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates `name` and wraps it.
             pub fn new(name: impl Into<String>) -> Result<Self> {
                 let name = name.into();
                 validate_identifier($what, &name)?;
-                Ok(Self(name))
+                Ok(Self(Arc::from(name)))
             }
             /// The name as a string slice (always a valid identifier).
             pub fn as_str(&self) -> &str {
@@ -94,7 +98,7 @@ macro_rules! identifier {
         }
         impl From<$name> for String {
             fn from(v: $name) -> String {
-                v.0
+                v.0.as_ref().to_owned()
             }
         }
         impl AsRef<str> for $name {

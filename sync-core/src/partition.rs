@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,10 +19,12 @@ pub const MAX_PARTITION_KEY_LEN: usize = 1024;
 
 /// Canonical, opaque text naming a partition: equal partitions have equal
 /// keys. Built by [`Partition::key`]; validated (length, no control
-/// characters) when read from outside.
+/// characters) when read from outside. Shared text inside (`Arc<str>`):
+/// every pulled change carries its partition's key, and cloning it copies a
+/// pointer.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct PartitionKey(String);
+pub struct PartitionKey(Arc<str>);
 
 impl PartitionKey {
     /// Validates and wraps a key read from outside (a cursor, a database).
@@ -36,7 +39,7 @@ impl PartitionKey {
         if key.chars().any(char::is_control) {
             return Err(Error::invalid("partition key contains a control character"));
         }
-        Ok(PartitionKey(key))
+        Ok(PartitionKey(Arc::from(key)))
     }
     /// The key as text.
     pub fn as_str(&self) -> &str {
@@ -51,7 +54,7 @@ impl TryFrom<String> for PartitionKey {
 }
 impl From<PartitionKey> for String {
     fn from(k: PartitionKey) -> String {
-        k.0
+        k.0.as_ref().to_owned()
     }
 }
 impl fmt::Display for PartitionKey {
@@ -87,7 +90,7 @@ impl Partition {
             // A map of strings always serializes.
             key.push_str(&serde_json::to_string(&self.params).unwrap_or_default());
         }
-        PartitionKey(key)
+        PartitionKey(Arc::from(key))
     }
 }
 

@@ -182,15 +182,16 @@ impl EntityMetadata {
     pub fn check_row(&self, row: Row) -> Result<Row> {
         let id_value = self.key_value(row.id.as_str())?;
         let id = RowId::new(id_value.canonical_text())?;
-        let mut values = std::collections::BTreeMap::new();
-        for (name, v) in row.values {
+        // Coerced in place: the row's map is kept, not rebuilt.
+        let mut values = row.values;
+        for (name, v) in &mut values {
             let Some(attr) = self.attribute(name.as_str()) else {
                 return Err(Error::invalid(format!("entity '{}' has no column '{name}'", self.name)));
             };
-            let v = v
+            let given = std::mem::replace(v, Value::Null);
+            *v = given
                 .coerce(&attr.ty)
                 .map_err(|e| Error::invalid(format!("column '{}.{name}': {e}", self.name)))?;
-            values.insert(name, v);
         }
         match values.get(&self.primary_key) {
             Some(v) if !v.is_null() && v.canonical_text() != id.as_str() => {
@@ -203,8 +204,12 @@ impl EntityMetadata {
                 values.insert(self.primary_key.clone(), id_value);
             }
         }
-        for a in &self.attributes {
-            values.entry(a.name.clone()).or_insert(Value::Null);
+        // Every column is an attribute, so fewer columns than attributes
+        // means some are missing.
+        if values.len() < self.attributes.len() {
+            for a in &self.attributes {
+                values.entry(a.name.clone()).or_insert(Value::Null);
+            }
         }
         Ok(Row { id, values })
     }

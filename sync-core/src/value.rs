@@ -93,10 +93,11 @@ impl Value {
             }
             (T::Boolean, Value::Boolean(b)) => Value::Boolean(b),
             (T::DateTime, Value::DateTime(t)) => Value::DateTime(t),
-            (T::DateTime, Value::String(s)) => Value::DateTime(
-                OffsetDateTime::parse(&s, &Rfc3339)
+            (T::DateTime, Value::String(s)) => Value::DateTime(match parse_canonical_datetime(&s) {
+                Some(t) => t,
+                None => OffsetDateTime::parse(&s, &Rfc3339)
                     .map_err(|e| Error::invalid(format!("{s:?} is not an RFC 3339 datetime: {e}")))?,
-            ),
+            }),
             (T::Uuid | T::Lookup { .. }, Value::Uuid(u)) => Value::Uuid(u),
             (T::Uuid | T::Lookup { .. }, Value::String(s)) => Value::Uuid(
                 Uuid::parse_str(&s).map_err(|e| Error::invalid(format!("{s:?} is not a UUID: {e}")))?,
@@ -162,6 +163,14 @@ impl Value {
     pub fn canonical_text(&self) -> String {
         match self {
             Value::String(s) => s.clone(),
+            // The JSON text of these, without building a JSON value.
+            Value::Integer(i) => i.to_string(),
+            Value::Decimal(d) => d.normalize().to_string(),
+            Value::DateTime(t) => format_datetime(*t),
+            Value::Uuid(u) => {
+                let mut buf = Uuid::encode_buffer();
+                u.hyphenated().encode_lower(&mut buf).to_owned()
+            }
             other => match other.to_json() {
                 serde_json::Value::String(s) => s,
                 j => j.to_string(),
@@ -216,6 +225,52 @@ impl Value {
             Value::Json(j) => j.to_string().len(),
         }
     }
+}
+
+/// Parses an RFC 3339 datetime, taking a fast path for the UTC form
+/// [`format_datetime`] writes (`YYYY-MM-DDTHH:MM:SS[.fraction]Z`, as
+/// sources and stores usually hold them) and the general parser otherwise.
+pub fn parse_datetime(s: &str) -> Option<OffsetDateTime> {
+    parse_canonical_datetime(s).or_else(|| OffsetDateTime::parse(s, &Rfc3339).ok())
+}
+
+/// The fast path of [`parse_datetime`]: `None` for anything that is not
+/// `YYYY-MM-DDTHH:MM:SS[.1 to 9 digits]Z` denoting a valid time (leap
+/// seconds included, which the general parser handles).
+fn parse_canonical_datetime(s: &str) -> Option<OffsetDateTime> {
+    fn num(b: &[u8]) -> Option<u32> {
+        let mut n = 0u32;
+        for &c in b {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + u32::from(c - b'0');
+        }
+        Some(n)
+    }
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if *b.last()? != b'Z' {
+        return None;
+    }
+    let year = i32::try_from(num(&b[0..4])?).ok()?;
+    let month = time::Month::try_from(u8::try_from(num(&b[5..7])?).ok()?).ok()?;
+    let day = u8::try_from(num(&b[8..10])?).ok()?;
+    let hour = u8::try_from(num(&b[11..13])?).ok()?;
+    let minute = u8::try_from(num(&b[14..16])?).ok()?;
+    let second = u8::try_from(num(&b[17..19])?).ok()?;
+    let nanos = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', digits @ ..] if !digits.is_empty() && digits.len() <= 9 => {
+            num(digits)? * 10u32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let date = time::Date::from_calendar_date(year, month, day).ok()?;
+    let t = time::Time::from_hms_nano(hour, minute, second, nanos).ok()?;
+    Some(time::PrimitiveDateTime::new(date, t).assume_utc())
 }
 
 /// RFC 3339 text of a datetime (UTC-normalised).
@@ -288,6 +343,44 @@ impl From<Decimal> for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_datetime_path_matches_rfc3339() {
+        for s in [
+            "2024-01-02T03:04:05Z",
+            "2024-01-02T03:04:05.5Z",
+            "1999-12-31T23:59:59.123456789Z",
+            "2024-02-29T00:00:00Z",
+        ] {
+            assert_eq!(parse_datetime(s), OffsetDateTime::parse(s, &Rfc3339).ok(), "{s}");
+            assert!(parse_canonical_datetime(s).is_some(), "{s} takes the fast path");
+        }
+        for s in ["2024-01-02T03:04:05+01:00", "2024-01-02t03:04:05z", "1990-12-31T23:59:60Z"] {
+            assert_eq!(parse_datetime(s), OffsetDateTime::parse(s, &Rfc3339).ok(), "{s}");
+        }
+        for s in ["2024-13-02T03:04:05Z", "2023-02-29T00:00:00Z", "2024-01-02T03:04:05.Z", "yesterday"] {
+            assert!(parse_datetime(s).is_none(), "{s}");
+        }
+    }
+
+    #[test]
+    fn canonical_text_is_the_json_text() {
+        let values = [
+            Value::Integer(-42),
+            Value::Decimal("12.340".parse().unwrap()),
+            Value::DateTime(parse_datetime("2024-01-02T03:04:05.25+02:00").unwrap()),
+            Value::Uuid(Uuid::new_v4()),
+            Value::Boolean(true),
+            Value::Float(0.5),
+        ];
+        for v in values {
+            let json = match v.to_json() {
+                serde_json::Value::String(s) => s,
+                j => j.to_string(),
+            };
+            assert_eq!(v.canonical_text(), json, "{v:?}");
+        }
+    }
 
     #[test]
     fn coerces_wire_strings() {

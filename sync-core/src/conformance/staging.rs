@@ -88,6 +88,7 @@ macro_rules! staging_store_conformance {
             check_source_token_commits_with_rows,
             check_unchanged_upserts_take_no_seq,
             check_deletes_produce_removes,
+            check_recreated_rows_replace_their_tombstones,
             check_move_outs,
             check_profiles_crud,
             check_profile_change_recomputes_membership,
@@ -1034,6 +1035,120 @@ pub async fn check_deletes_produce_removes(store: Arc<dyn StagingStore>) {
         }
     }
     assert_eq!(ids_in(&full_ops, &all, true), ids(&[4]));
+}
+
+/// Asserts that `ops` (a full read) hold at most one op per (partition,
+/// row), as the store keeps only the latest.
+fn assert_one_op_per_row(ops: &[PulledChange], what: &str) {
+    let mut seen = BTreeSet::new();
+    for op in ops {
+        assert!(
+            seen.insert((op.partition.clone(), op.entity.clone(), op.row_id.clone())),
+            "{what}: row {} appears twice in {:?} in a full read",
+            op.row_id,
+            op.partition
+        );
+    }
+}
+
+/// A row deleted and then created again with the same id keeps one entry per
+/// (partition, row): the new put replaces the tombstone in every partition
+/// it enters; a tombstone in a partition it does not enter stays (one
+/// entry) and is replaced when the row enters it later. Clients that pulled
+/// the delete and fresh clients converge, checksums included.
+pub async fn check_recreated_rows_replace_their_tombstones(store: Arc<dyn StagingStore>) {
+    let staging = setup(&store, "contoso").await;
+    staging
+        .put_profile(&profile(
+            "sales",
+            "sales",
+            vec![item("all", "account", ""), item("open", "account", "statecode eq 0")],
+        ))
+        .await
+        .unwrap();
+    let all = plain_key("sales", "all", "account");
+    let open = plain_key("sales", "open", "account");
+    let keys = vec![all.clone(), open.clone()];
+    let member_ids = |m: &ClientModel, k: &PartitionKey| {
+        m.members(k).into_keys().map(|(_, id)| id).collect::<BTreeSet<_>>()
+    };
+    staging
+        .apply_changes(
+            &ent("account"),
+            &upserts(vec![account(1, "a", 0, None), account(2, "b", 0, None), account(3, "c", 1, None)]),
+        )
+        .await
+        .unwrap();
+    let mut client = ClientModel::default();
+    client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
+    staging.apply_changes(&ent("account"), &deletes(vec![rid(1), rid(2), rid(3)])).await.unwrap();
+    client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
+    assert!(member_ids(&client, &all).is_empty(), "every row is deleted");
+
+    // Created again: 1 as it was, 2 closed (not in 'open'), 3 open (in
+    // 'open' for the first time).
+    staging
+        .apply_changes(
+            &ent("account"),
+            &upserts(vec![account(1, "a2", 0, None), account(2, "b2", 1, None), account(3, "c2", 0, None)]),
+        )
+        .await
+        .unwrap();
+    let (ops, _) = client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
+    assert_eq!(ids_in(&ops, &all, true), ids(&[1, 2, 3]), "the created rows are put into 'all'");
+    assert_eq!(ids_in(&ops, &open, true), ids(&[1, 3]), "the open ones are put into 'open'");
+    let (fresh, full_ops, _) = full_read(&staging, &keys).await;
+    assert_one_op_per_row(&full_ops, "after the rows were created again");
+    assert_eq!(ids_in(&full_ops, &all, false), ids(&[]), "no tombstone is left beside a put in 'all'");
+    assert_eq!(ids_in(&full_ops, &open, false), ids(&[2]), "2's tombstone stays where 2 is not");
+    assert_eq!(fresh.partitions, client.partitions, "fresh and incremental reads agree");
+    assert_eq!(member_ids(&client, &open), ids(&[1, 3]));
+
+    // 2 opens: its put replaces the tombstone it left in 'open'.
+    staging.apply_changes(&ent("account"), &upserts(vec![account(2, "b3", 0, None)])).await.unwrap();
+    client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
+    let (fresh, full_ops, _) = full_read(&staging, &keys).await;
+    assert_one_op_per_row(&full_ops, "after the re-created row entered another partition");
+    assert!(full_ops.iter().all(|c| c.row.is_some()), "no tombstones are left");
+    assert_eq!(fresh.partitions, client.partitions);
+    assert_eq!(member_ids(&client, &open), ids(&[1, 2, 3]));
+
+    // Deleted and created again once more, across pages and in one page
+    // with other rows: still one entry per (partition, row).
+    for round in 0..2 {
+        staging.apply_changes(&ent("account"), &deletes(vec![rid(1), rid(2)])).await.unwrap();
+        let name = format!("round {round}");
+        staging
+            .apply_changes(
+                &ent("account"),
+                &upserts(vec![
+                    account(1, &name, 1, None),
+                    account(2, &name, 0, None),
+                    account(4, &name, 0, None),
+                ]),
+            )
+            .await
+            .unwrap();
+    }
+    client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
+    let (fresh, full_ops, _) = full_read(&staging, &keys).await;
+    assert_one_op_per_row(&full_ops, "after repeated deletes and re-creations");
+    assert_eq!(ids_in(&full_ops, &open, false), ids(&[1]), "1 left 'open' and is closed now");
+    assert_eq!(fresh.partitions, client.partitions);
+    assert_eq!(member_ids(&client, &all), ids(&[1, 2, 3, 4]));
+    assert_eq!(member_ids(&client, &open), ids(&[2, 3, 4]));
+
+    // After the tombstones are purged, a row created again is simply new.
+    staging.apply_changes(&ent("account"), &deletes(vec![rid(4)])).await.unwrap();
+    client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
+    let head = staging.head().await.unwrap();
+    staging.purge_tombstones(head).await.unwrap();
+    staging.apply_changes(&ent("account"), &upserts(vec![account(4, "d", 0, None)])).await.unwrap();
+    client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
+    let (fresh, full_ops, _) = full_read(&staging, &keys).await;
+    assert_one_op_per_row(&full_ops, "after a purge");
+    assert_eq!(fresh.partitions, client.partitions);
+    assert_eq!(member_ids(&client, &open), ids(&[2, 3, 4]));
 }
 
 /// Move-outs: a row whose filtered column changes leaves one partition and

@@ -174,14 +174,16 @@ impl CompiledFilter {
         if !self.matches_rest(row) {
             return None;
         }
-        let mut out = BTreeMap::new();
+        let mut out: BTreeMap<String, String> = BTreeMap::new();
         for b in &self.params {
             let v = row.get(b.column.as_str()).filter(|v| !v.is_null())?;
             let text = v.canonical_text();
-            if let Some(prev) = out.insert(b.param.clone(), text.clone())
-                && prev != text
-            {
-                return None;
+            match out.get(&b.param) {
+                Some(prev) if *prev != text => return None,
+                Some(_) => {}
+                None => {
+                    out.insert(b.param.clone(), text);
+                }
             }
         }
         Some(out)
@@ -305,12 +307,15 @@ fn coerce_literals(e: Expr, entity: &EntityMetadata) -> Result<Expr> {
     })
 }
 
-fn operand_value(o: &Operand, row: &Row) -> Value {
+/// An operand's value: borrowed from the row for a column (no copy of its
+/// text per evaluated row).
+fn operand_value<'r>(o: &Operand, row: &'r Row) -> std::borrow::Cow<'r, Value> {
+    use std::borrow::Cow;
     match o {
-        Operand::Column(c) => row.get(c).cloned().unwrap_or(Value::Null),
-        Operand::Literal(l) => l.to_value(),
+        Operand::Column(c) => row.get(c).map_or(Cow::Owned(Value::Null), Cow::Borrowed),
+        Operand::Literal(l) => Cow::Owned(l.to_value()),
         // Parameters never reach evaluation: compile splits them off.
-        Operand::Param(_) => Value::Null,
+        Operand::Param(_) => Cow::Owned(Value::Null),
     }
 }
 
