@@ -3,6 +3,7 @@
 //! command failed at the transport level or timed out discarded, and one
 //! whose command failed otherwise rolled back before it is reused.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ pub(crate) async fn connect(config: &tiberius::Config, timeout: Duration) -> R<C
 struct Shared {
     config: tiberius::Config,
     idle: Mutex<Vec<Conn>>,
+    /// Bumped by [`Pool::close_idle`]: a connection checked out before is
+    /// closed when returned instead of going back to `idle`.
+    generation: AtomicU64,
     permits: Arc<Semaphore>,
     connect_timeout: Duration,
 }
@@ -54,6 +58,8 @@ pub(crate) struct Pooled {
     /// Set while a command runs: a connection dropped mid-command (its
     /// future cancelled) is out of step with the server and is discarded.
     busy: bool,
+    /// The pool's generation when the connection was checked out.
+    generation: u64,
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
 }
@@ -64,6 +70,7 @@ impl Pool {
             shared: Arc::new(Shared {
                 config,
                 idle: Mutex::new(Vec::new()),
+                generation: AtomicU64::new(0),
                 permits: Arc::new(Semaphore::new(size.max(1))),
                 connect_timeout,
             }),
@@ -78,12 +85,24 @@ impl Pool {
             .await
             .map_err(|_| MssqlError::PoolTimeout(wait))?
             .map_err(|_| MssqlError::PoolTimeout(wait))?;
+        let generation = self.shared.generation.load(Ordering::SeqCst);
         let idle = self.shared.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
         let conn = match idle {
             Some(c) => c,
             None => connect(&self.shared.config, self.shared.connect_timeout).await?,
         };
-        Ok(Pooled { conn: Some(conn), busy: false, shared: self.shared.clone(), _permit: permit })
+        Ok(Pooled { conn: Some(conn), busy: false, generation, shared: self.shared.clone(), _permit: permit })
+    }
+
+    /// Closes every idle connection, and every checked-out one when it is
+    /// returned. An
+    /// org database's pool does this when its org is found dropped: an idle
+    /// session left in the database would keep it in use, and, once the
+    /// dropping process has set it `SINGLE_USER`, could hold its one slot.
+    pub(crate) fn close_idle(&self) {
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        let idle = self.shared.idle.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        drop(idle);
     }
 }
 
@@ -139,6 +158,7 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take()
             && !self.busy
+            && self.generation == self.shared.generation.load(Ordering::SeqCst)
             && let Ok(mut idle) = self.shared.idle.lock()
         {
             idle.push(c);

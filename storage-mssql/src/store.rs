@@ -3,18 +3,35 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sync_core::{Error, OrgConfig, OrgId, OrgStaging, Result, StagingStore};
 
 use crate::config::{OrgLayout, SqlServerConfig};
 use crate::db::{batch, execute, first, query, with_conn};
-use crate::error::{MssqlError, R};
+use crate::error::{MssqlError, R, codes};
 use crate::org::{ControlRef, HandleParts, Place, SqlServerOrgStaging, read_state};
 use crate::pool::{Conn, Pool, Pooled};
 use crate::sql;
 use crate::values::{Param, get_str};
+
+/// The longest pause between marking an org database dropped and closing
+/// its sessions (the configured poll interval, at most this).
+const MARK_GRACE: Duration = Duration::from_secs(2);
+
+/// Attempts of an org database's `DROP` that lost its one session to another
+/// process (see [`SqlServerStagingStore::drop_database`]).
+const DROP_ATTEMPTS: u32 = 5;
+
+/// The errors after which dropping an org database is tried again.
+const DROP_RETRY_CODES: &[u32] = &[
+    codes::DATABASE_IN_USE,
+    codes::DATABASE_LOCK_REFUSED,
+    codes::DATABASE_OPTIONS_LOCKED,
+    codes::SINGLE_USER_IN_USE,
+    codes::DEADLOCK,
+];
 
 /// The scale-out [`StagingStore`] on SQL Server / Azure SQL.
 ///
@@ -180,7 +197,9 @@ impl SqlServerStagingStore {
     fn place(&self, org: &OrgId) -> Result<Place> {
         let name = self.inner.config.org_container(org)?;
         Ok(match self.inner.config.layout {
-            OrgLayout::SchemaPerOrg => Place { pool: self.inner.control.clone(), schema: name },
+            OrgLayout::SchemaPerOrg => {
+                Place { pool: self.inner.control.clone(), schema: name, own_database: false }
+            }
             OrgLayout::DatabasePerOrg => {
                 let now = Instant::now();
                 let mut pools = guard(&self.inner.org_pools);
@@ -221,7 +240,7 @@ impl SqlServerStagingStore {
                 if let Some(org) = evicted {
                     guard(&self.inner.handles).remove(&org);
                 }
-                Place { pool, schema: "dbo".to_owned() }
+                Place { pool, schema: "dbo".to_owned(), own_database: true }
             }
         })
     }
@@ -271,24 +290,82 @@ impl SqlServerStagingStore {
         }
     }
 
-    /// Drops the org's database or schema.
+    /// Drops the org's database or schema, and its control row.
+    ///
+    /// Other processes must stop using the org before its database can be
+    /// dropped, so the order is: (1) its incarnation is marked dropped in
+    /// its own bookkeeping ([`sql::mark_dropped`]): every handle of every
+    /// process finds it gone on its next call, retires (closing its idle
+    /// sessions) and stops polling; (2) its control row is deleted: `org()`
+    /// answers `NotFound` everywhere without connecting; (3) the database or
+    /// schema is dropped. An interruption anywhere leaves an org that
+    /// answers `NotFound` and that `drop_org` or `create_org` finishes.
     async fn deprovision(&self, lock: &mut ProvisionLock, org: &OrgId, name: &str) -> R<()> {
         if let Some(handle) = lock_handles_remove(&self.inner.handles, org) {
             handle.retire();
         }
         match self.inner.config.layout {
             OrgLayout::DatabasePerOrg => {
+                let exists = lock.query(sql::DATABASE_EXISTS, &[Param::text(name)]).await?;
+                let exists = first(&exists, "database_exists")?.try_get::<bool, _>(0)?.unwrap_or(false);
+                // Best effort: a database that cannot be reached (it is
+                // single-user after an interrupted drop, say) is dropped
+                // all the same.
+                let marked = if exists { self.mark_database_dropped(org).await } else { 0 };
+                lock.query(&sql::control::delete_org(self.control_schema())?, &[Param::text(org.as_str())])
+                    .await?;
                 // Idle pooled sessions on the database would be killed by the
-                // drop anyway: forget the pool first.
+                // drop anyway: forget the pool.
                 guard(&self.inner.org_pools).remove(name);
-                lock.query(&sql::drop_database(name)?, &[Param::text(name)]).await?;
+                if marked > 0 {
+                    // Let the head pollers of other processes see the mark
+                    // (one poll interval) and retire before their sessions
+                    // are closed, so none of them reconnects mid-drop.
+                    tokio::time::sleep(self.inner.config.poll_interval.min(MARK_GRACE)).await;
+                }
+                self.drop_database(lock, name).await?;
             }
             OrgLayout::SchemaPerOrg => {
+                lock.query(&sql::mark_dropped(name)?, &[]).await?;
+                lock.query(&sql::control::delete_org(self.control_schema())?, &[Param::text(org.as_str())])
+                    .await?;
                 lock.query(&sql::drop_schema(name)?, &[Param::text(name)]).await?;
             }
         }
-        lock.query(&sql::control::delete_org(self.control_schema())?, &[Param::text(org.as_str())]).await?;
         Ok(())
+    }
+
+    /// Marks the org's database dropped (see [`sql::mark_dropped`]) through
+    /// a short-lived connection of its own; the rows changed, 0 when the
+    /// database could not be reached.
+    async fn mark_database_dropped(&self, org: &OrgId) -> u64 {
+        let Ok(place) = self.place(org) else { return 0 };
+        let Ok(mark) = sql::mark_dropped(&place.schema) else { return 0 };
+        let marked = with_conn(&place.pool, async |c| execute(c, &mark, &[]).await).await;
+        place.pool.close_idle();
+        marked.unwrap_or(0)
+    }
+
+    /// Runs [`sql::drop_database`], again after a pause when a session of
+    /// another process took the database's one slot between its `SET
+    /// SINGLE_USER` and its `DROP` (errors 3702, 5061, 5064, 924, or a
+    /// deadlock): by then that process has found the org marked dropped and
+    /// closed its sessions.
+    async fn drop_database(&self, lock: &mut ProvisionLock, name: &str) -> R<()> {
+        let statement = sql::drop_database(name)?;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match lock.query(&statement, &[Param::text(name)]).await {
+                Ok(_) => return Ok(()),
+                Err(MssqlError::Tds(tiberius::error::Error::Server(t)))
+                    if attempt < DROP_ATTEMPTS && DROP_RETRY_CODES.contains(&t.code()) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
