@@ -367,6 +367,47 @@ impl SqlServerStagingStore {
             }
         }
     }
+
+    /// Whether the org's database or schema exists and holds this store's
+    /// bookkeeping (an org, or what an interrupted drop left of one).
+    async fn has_bookkeeping(&self, lock: &mut ProvisionLock, org: &OrgId, name: &str) -> R<bool> {
+        let read = match self.inner.config.layout {
+            OrgLayout::DatabasePerOrg => {
+                let exists = lock.query(sql::DATABASE_EXISTS, &[Param::text(name)]).await?;
+                if !first(&exists, "database_exists")?.try_get::<bool, _>(0)?.unwrap_or(false) {
+                    return Ok(false);
+                }
+                let place = self.place(org)?;
+                with_conn(&place.pool, async |c| read_state(c, &place.schema).await).await
+            }
+            OrgLayout::SchemaPerOrg => lock.conn.run(async |c| read_state(c, name).await).await,
+        };
+        match read {
+            Ok(state) => Ok(state.is_some()),
+            Err(MssqlError::Tds(tiberius::error::Error::Server(t))) if t.code() == codes::INVALID_OBJECT => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the org's database or schema is missing, after reading its
+    /// bookkeeping failed with `e`: its tables are missing (208), or its
+    /// database cannot be opened (4060, 911) and does not exist.
+    async fn container_missing(&self, org: &OrgId, e: &MssqlError) -> R<bool> {
+        let MssqlError::Tds(tiberius::error::Error::Server(t)) = e else { return Ok(false) };
+        match t.code() {
+            codes::INVALID_OBJECT => Ok(true),
+            codes::CANNOT_OPEN_DATABASE | codes::DATABASE_MISSING
+                if self.inner.config.layout == OrgLayout::DatabasePerOrg =>
+            {
+                let name = self.inner.config.org_container(org)?;
+                let rows = self.control(sql::DATABASE_EXISTS, vec![Param::text(name)]).await?;
+                Ok(!first(&rows, "database_exists")?.try_get::<bool, _>(0)?.unwrap_or(false))
+            }
+            _ => Ok(false),
+        }
+    }
 }
 
 fn lock_handles_remove(
@@ -396,7 +437,22 @@ impl StagingStore for SqlServerStagingStore {
             Error::internal(format!("encoding the configuration of org '{}': {e}", config.id))
         })?;
         let mut guard = ProvisionLock::take(&self.inner.control, &config.id, self.lock_timeout_ms()).await?;
-        let incarnation = self.provision(&mut guard, &config.id).await?;
+        // An org without a control row whose container holds this store's
+        // bookkeeping is the remains of an interrupted drop_org (its data
+        // and incarnation must not come back): finish that drop first.
+        let known = guard
+            .query(&sql::control::select_org(self.control_schema())?, &[Param::text(config.id.as_str())])
+            .await?;
+        if known.is_empty() && self.has_bookkeeping(&mut guard, &config.id, &name).await? {
+            self.deprovision(&mut guard, &config.id, &name).await?;
+        }
+        let mut incarnation = self.provision(&mut guard, &config.id).await?;
+        if incarnation == sql::DROPPED_INCARNATION {
+            // A drop interrupted after marking the org, before deleting its
+            // control row.
+            self.deprovision(&mut guard, &config.id, &name).await?;
+            incarnation = self.provision(&mut guard, &config.id).await?;
+        }
         guard
             .query(
                 &sql::control::put_org(self.control_schema())?,
@@ -444,8 +500,14 @@ impl StagingStore for SqlServerStagingStore {
             return Ok(handle.clone() as Arc<dyn OrgStaging>);
         }
         let schema = place.schema.clone();
-        let state = with_conn(&place.pool, async |c| read_state(c, &schema).await).await?;
-        let Some(state) = state else {
+        let state = match with_conn(&place.pool, async |c| read_state(c, &schema).await).await {
+            Ok(state) => state,
+            Err(e) if self.container_missing(org, &e).await? => None,
+            Err(e) => return Err(e.into()),
+        };
+        // Missing bookkeeping, or bookkeeping marked dropped, is an
+        // interrupted drop_org: the org is gone.
+        let Some(state) = state.filter(|s| s.incarnation != sql::DROPPED_INCARNATION) else {
             return Err(Error::not_found(format!(
                 "org '{org}': its staging data is missing (an interrupted drop_org?); drop and create it again"
             )));
