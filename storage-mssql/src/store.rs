@@ -64,6 +64,8 @@ struct Inner {
     config: SqlServerConfig,
     tds: tiberius::Config,
     control: Pool,
+    /// The control database's name, which no org database may have.
+    control_database: String,
     /// Pools of org databases (database-per-org), by database name, at
     /// most `max_org_pools` of them.
     org_pools: Mutex<HashMap<String, OrgPool>>,
@@ -144,12 +146,13 @@ impl SqlServerStagingStore {
         let control = Pool::new(tds.clone(), config.pool_size, config.connect_timeout);
         let schema = config.control_schema.clone();
         let layout = config.layout;
-        with_conn(&control, async |c| {
+        let control_database = with_conn(&control, async |c| {
             query(c, &sql::control::create_tables(&schema)?, &[Param::text(schema.clone())]).await?;
             if layout == OrgLayout::SchemaPerOrg {
                 execute(c, sql::ALLOW_SNAPSHOT_HERE, &[]).await?;
             }
-            Ok(())
+            let rows = query(c, "SELECT DB_NAME()", &[]).await?;
+            Ok(get_str(first(&rows, "DB_NAME()")?, 0, "the control database's name")?.to_owned())
         })
         .await?;
         Ok(SqlServerStagingStore {
@@ -157,6 +160,7 @@ impl SqlServerStagingStore {
                 config: config.clone(),
                 tds,
                 control,
+                control_database,
                 org_pools: Mutex::new(HashMap::new()),
                 handles: Mutex::new(HashMap::new()),
             }),
@@ -185,6 +189,20 @@ impl SqlServerStagingStore {
         Ok(())
     }
 
+    /// The org's database or schema ([`SqlServerConfig::org_container`]),
+    /// never the control database.
+    fn container(&self, org: &OrgId) -> Result<String> {
+        let name = self.inner.config.org_container(org)?;
+        if self.inner.config.layout == OrgLayout::DatabasePerOrg
+            && name.eq_ignore_ascii_case(&self.inner.control_database)
+        {
+            return Err(Error::invalid(format!(
+                "org '{org}' would be stored in '{name}', the control database; choose another database_prefix"
+            )));
+        }
+        Ok(name)
+    }
+
     fn control_schema(&self) -> &str {
         &self.inner.config.control_schema
     }
@@ -195,7 +213,7 @@ impl SqlServerStagingStore {
 
     /// Where `org`'s tables are.
     fn place(&self, org: &OrgId) -> Result<Place> {
-        let name = self.inner.config.org_container(org)?;
+        let name = self.container(org)?;
         Ok(match self.inner.config.layout {
             OrgLayout::SchemaPerOrg => {
                 Place { pool: self.inner.control.clone(), schema: name, own_database: false }
@@ -253,7 +271,7 @@ impl SqlServerStagingStore {
     /// Creates the org's database or schema and its bookkeeping tables when
     /// missing; returns the org's incarnation (an existing one is kept).
     async fn provision(&self, lock: &mut ProvisionLock, org: &OrgId) -> R<String> {
-        let name = self.inner.config.org_container(org)?;
+        let name = self.container(org)?;
         let clash = lock
             .query(&sql::control::org_case_clash(self.control_schema())?, &[Param::text(org.as_str())])
             .await?;
@@ -401,7 +419,7 @@ impl SqlServerStagingStore {
             codes::CANNOT_OPEN_DATABASE | codes::DATABASE_MISSING
                 if self.inner.config.layout == OrgLayout::DatabasePerOrg =>
             {
-                let name = self.inner.config.org_container(org)?;
+                let name = self.container(org)?;
                 let rows = self.control(sql::DATABASE_EXISTS, vec![Param::text(name)]).await?;
                 Ok(!first(&rows, "database_exists")?.try_get::<bool, _>(0)?.unwrap_or(false))
             }
@@ -424,15 +442,7 @@ fn parse_config(text: &str) -> R<OrgConfig> {
 #[async_trait]
 impl StagingStore for SqlServerStagingStore {
     async fn create_org(&self, config: &OrgConfig) -> Result<()> {
-        let name = self.inner.config.org_container(&config.id)?;
-        if self.inner.config.layout == OrgLayout::SchemaPerOrg
-            && name.eq_ignore_ascii_case(self.control_schema())
-        {
-            return Err(Error::invalid(format!(
-                "org '{}' would share the control schema '{name}'; choose another database_prefix",
-                config.id
-            )));
-        }
+        let name = self.container(&config.id)?;
         let json = serde_json::to_string(config).map_err(|e| {
             Error::internal(format!("encoding the configuration of org '{}': {e}", config.id))
         })?;
@@ -465,7 +475,7 @@ impl StagingStore for SqlServerStagingStore {
 
     async fn drop_org(&self, org: &OrgId) -> Result<()> {
         // An id too long for a container name was never created.
-        let Ok(name) = self.inner.config.org_container(org) else { return Ok(()) };
+        let Ok(name) = self.container(org) else { return Ok(()) };
         let mut guard = ProvisionLock::take(&self.inner.control, org, self.lock_timeout_ms()).await?;
         self.deprovision(&mut guard, org, &name).await?;
         guard.release().await?;
