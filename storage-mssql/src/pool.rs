@@ -165,3 +165,41 @@ impl Drop for Pooled {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use mssql_mock_tds::MockTdsServer;
+
+    /// Closing a pool's idle connections also closes, when returned, the
+    /// ones checked out at the time (a retired org's in-flight request),
+    /// while connections checked out afterwards are pooled again.
+    #[tokio::test]
+    async fn close_idle_also_closes_connections_checked_out_before() {
+        let server = MockTdsServer::new("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().port();
+        let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run_with_shutdown(rx));
+        let config = crate::SqlServerConfig::from_ado(format!(
+            "server=tcp:127.0.0.1,{port};database=x;user=u;password=p;encrypt=DANGER_PLAINTEXT"
+        ))
+        .tds_config()
+        .unwrap();
+        let pool = Pool::new(config, 4, Duration::from_secs(5));
+        let idle = |p: &Pool| p.shared.idle.lock().unwrap().len();
+
+        let a = pool.get().await.unwrap();
+        let b = pool.get().await.unwrap();
+        drop(a);
+        assert_eq!(idle(&pool), 1, "a returned connection is pooled");
+        pool.close_idle();
+        assert_eq!(idle(&pool), 0, "idle connections are closed");
+        drop(b);
+        assert_eq!(idle(&pool), 0, "a connection checked out before the close is closed when returned");
+        let c = pool.get().await.unwrap();
+        drop(c);
+        assert_eq!(idle(&pool), 1, "connections checked out after the close are pooled again");
+    }
+}
