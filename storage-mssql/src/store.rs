@@ -402,9 +402,14 @@ impl SqlServerStagingStore {
         };
         match read {
             Ok(state) => Ok(state.is_some()),
-            Err(MssqlError::Tds(tiberius::error::Error::Server(t))) if t.code() == codes::INVALID_OBJECT => {
-                Ok(false)
-            }
+            Err(MssqlError::Tds(tiberius::error::Error::Server(t))) => match t.code() {
+                codes::INVALID_OBJECT => Ok(false),
+                // Only a drop of this store leaves an org database
+                // single-user (one that lost its session and could not be
+                // put back): finish it.
+                codes::SINGLE_USER_IN_USE => Ok(true),
+                _ => Err(MssqlError::Tds(tiberius::error::Error::Server(t))),
+            },
             Err(e) => Err(e),
         }
     }
