@@ -268,17 +268,23 @@ impl SqlServerStagingStore {
         with_conn(&self.inner.control, async |c| query(c, statement, &params).await).await
     }
 
+    /// Another org whose id differs from `org`'s only in case: its
+    /// database or schema is `org`'s too (SQL Server compares those names
+    /// ignoring case), so neither may provision or drop it for `org`.
+    async fn case_clash(&self, lock: &mut ProvisionLock, org: &OrgId) -> R<Option<String>> {
+        let clash = lock
+            .query(&sql::control::org_case_clash(self.control_schema())?, &[Param::text(org.as_str())])
+            .await?;
+        clash.first().map(|r| get_str(r, 0, "id").map(str::to_owned)).transpose()
+    }
+
     /// Creates the org's database or schema and its bookkeeping tables when
     /// missing; returns the org's incarnation (an existing one is kept).
     async fn provision(&self, lock: &mut ProvisionLock, org: &OrgId) -> R<String> {
         let name = self.container(org)?;
-        let clash = lock
-            .query(&sql::control::org_case_clash(self.control_schema())?, &[Param::text(org.as_str())])
-            .await?;
-        if let Some(r) = clash.first() {
+        if let Some(other) = self.case_clash(lock, org).await? {
             return Err(Error::invalid(format!(
-                "org '{org}' differs from the org '{}' only in case; their databases or schemas would collide",
-                get_str(r, 0, "id")?
+                "org '{org}' differs from the org '{other}' only in case; their databases or schemas would collide"
             ))
             .into());
         }
@@ -452,6 +458,13 @@ impl StagingStore for SqlServerStagingStore {
             Error::internal(format!("encoding the configuration of org '{}': {e}", config.id))
         })?;
         let mut guard = ProvisionLock::take(&self.inner.control, &config.id, self.lock_timeout_ms()).await?;
+        if let Some(other) = self.case_clash(&mut guard, &config.id).await? {
+            guard.release().await?;
+            return Err(Error::invalid(format!(
+                "org '{}' differs from the org '{other}' only in case; their databases or schemas would collide",
+                config.id
+            )));
+        }
         // An org without a control row whose container holds this store's
         // bookkeeping is the remains of an interrupted drop_org (its data
         // and incarnation must not come back): finish that drop first.
@@ -482,7 +495,11 @@ impl StagingStore for SqlServerStagingStore {
         // An id too long for a container name was never created.
         let Ok(name) = self.container(org) else { return Ok(()) };
         let mut guard = ProvisionLock::take(&self.inner.control, org, self.lock_timeout_ms()).await?;
-        self.deprovision(&mut guard, org, &name).await?;
+        // The database or schema of an org whose id differs only in case
+        // is that org's, not this unknown org's: leave it alone.
+        if self.case_clash(&mut guard, org).await?.is_none() {
+            self.deprovision(&mut guard, org, &name).await?;
+        }
         guard.release().await?;
         Ok(())
     }
