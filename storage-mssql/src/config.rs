@@ -107,6 +107,29 @@ pub struct SqlServerConfig {
     pub poll_interval: Duration,
 }
 
+/// SQL Server's system databases and fixed schemas: never an org's
+/// database or schema (see [`SqlServerConfig::org_container`]).
+const SYSTEM_NAMES: &[&str] = &[
+    "master",
+    "model",
+    "msdb",
+    "tempdb",
+    "distribution",
+    "dbo",
+    "guest",
+    "sys",
+    "INFORMATION_SCHEMA",
+    "db_owner",
+    "db_accessadmin",
+    "db_securityadmin",
+    "db_ddladmin",
+    "db_backupoperator",
+    "db_datareader",
+    "db_datawriter",
+    "db_denydatareader",
+    "db_denydatawriter",
+];
+
 impl SqlServerConfig {
     /// A configuration from an ADO.NET connection string, with defaults for
     /// the rest. The string is parsed when a pool is built.
@@ -134,10 +157,22 @@ impl SqlServerConfig {
 
     /// The name of `org`'s database (database-per-org) or schema
     /// (schema-per-org): `<database_prefix><org>`. Errors: `InvalidInput`
-    /// when it is longer than SQL Server's 128-character identifiers.
+    /// when it is longer than SQL Server's 128-character identifiers, or
+    /// (with an empty or short prefix) names a system database or schema,
+    /// or the control schema in the schema-per-org layout: provisioning
+    /// would write into it and `drop_org` drop every table in it.
     pub fn org_container(&self, org: &sync_core::OrgId) -> Result<String> {
         let name = format!("{}{}", self.database_prefix, org.as_str());
         sync_core::ids::validate_identifier("org database or schema", &name)?;
+        let is_control =
+            self.layout == OrgLayout::SchemaPerOrg && name.eq_ignore_ascii_case(&self.control_schema);
+        if is_control || SYSTEM_NAMES.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+            return Err(Error::invalid(format!(
+                "org '{org}' would be stored in '{name}', a system {} or the control schema; choose another \
+                 database_prefix or org id",
+                if self.layout == OrgLayout::SchemaPerOrg { "schema" } else { "database" }
+            )));
+        }
         Ok(name)
     }
 

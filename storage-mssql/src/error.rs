@@ -102,6 +102,16 @@ pub(crate) mod codes {
     pub(crate) const INVALID_OBJECT: u32 = 208;
     /// Database does not exist.
     pub(crate) const DATABASE_MISSING: u32 = 911;
+    /// The database is single-user and its one session is taken (an org
+    /// database another process is dropping).
+    pub(crate) const SINGLE_USER_IN_USE: u32 = 924;
+    /// `DROP DATABASE` of a database some session still uses.
+    pub(crate) const DATABASE_IN_USE: u32 = 3702;
+    /// `ALTER DATABASE` could not lock the database (another session is
+    /// changing or using it).
+    pub(crate) const DATABASE_LOCK_REFUSED: u32 = 5061;
+    /// `ALTER DATABASE` of a single-user database whose one session is taken.
+    pub(crate) const DATABASE_OPTIONS_LOCKED: u32 = 5064;
     /// A snapshot transaction's update conflicted with another transaction.
     pub(crate) const SNAPSHOT_CONFLICT: u32 = 3960;
     /// A snapshot transaction read an object altered by DDL after it began.
@@ -156,6 +166,13 @@ impl From<MssqlError> for sync_core::Error {
                     c if c == codes::CANNOT_OPEN_DATABASE || codes::AZURE_TRANSIENT.contains(&c) => {
                         retry(format!("SQL Server is temporarily unavailable: {}", token.message()), 1000)
                     }
+                    codes::SINGLE_USER_IN_USE
+                    | codes::DATABASE_IN_USE
+                    | codes::DATABASE_LOCK_REFUSED
+                    | codes::DATABASE_OPTIONS_LOCKED => retry(
+                        format!("an org database is being dropped or altered, retry: {}", token.message()),
+                        500,
+                    ),
                     _ => sync_core::Error::internal(e.to_string()),
                 },
                 // Certificate trust is configuration, not a passing fault:

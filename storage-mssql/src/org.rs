@@ -50,6 +50,9 @@ const REMOVE_OVERHEAD: usize = 8;
 pub(crate) struct Place {
     pub(crate) pool: Pool,
     pub(crate) schema: String,
+    /// Whether `pool` reaches the org's own database (database-per-org)
+    /// rather than the shared control database.
+    pub(crate) own_database: bool,
 }
 
 /// The control database, for checking whether an org still exists.
@@ -912,9 +915,17 @@ impl SqlServerOrgStaging {
         &self.incarnation
     }
 
-    /// Marks the handle as serving a dropped org: every later call is `NotFound`.
+    /// Marks the handle as serving a dropped org: every later call is
+    /// `NotFound`. The idle sessions of an org database's pool are closed:
+    /// left open they keep the database in use, and one that reconnected
+    /// while another process was dropping the database (after its `SET
+    /// SINGLE_USER`, before its `DROP DATABASE`) would hold the one session
+    /// the database then admits and make the drop fail (error 3702).
     pub(crate) fn retire(&self) {
         self.dropped.store(true, Ordering::SeqCst);
+        if self.place.own_database {
+            self.place.pool.close_idle();
+        }
     }
 
     pub(crate) fn is_retired(&self) -> bool {
@@ -952,7 +963,13 @@ impl SqlServerOrgStaging {
         let missing_object = matches!(
             &e,
             MssqlError::Tds(tiberius::error::Error::Server(t))
-                if matches!(t.code(), codes::INVALID_OBJECT | codes::CANNOT_OPEN_DATABASE | codes::DATABASE_MISSING)
+                if matches!(
+                    t.code(),
+                    codes::INVALID_OBJECT
+                        | codes::CANNOT_OPEN_DATABASE
+                        | codes::DATABASE_MISSING
+                        | codes::SINGLE_USER_IN_USE
+                )
         ) || matches!(&e, MssqlError::Tds(tiberius::error::Error::Io { .. }));
         if missing_object {
             let schema = self.control.schema.clone();

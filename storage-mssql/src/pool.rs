@@ -3,6 +3,7 @@
 //! command failed at the transport level or timed out discarded, and one
 //! whose command failed otherwise rolled back before it is reused.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ pub(crate) async fn connect(config: &tiberius::Config, timeout: Duration) -> R<C
 struct Shared {
     config: tiberius::Config,
     idle: Mutex<Vec<Conn>>,
+    /// Bumped by [`Pool::close_idle`]: a connection checked out before is
+    /// closed when returned instead of going back to `idle`.
+    generation: AtomicU64,
     permits: Arc<Semaphore>,
     connect_timeout: Duration,
 }
@@ -54,6 +58,8 @@ pub(crate) struct Pooled {
     /// Set while a command runs: a connection dropped mid-command (its
     /// future cancelled) is out of step with the server and is discarded.
     busy: bool,
+    /// The pool's generation when the connection was checked out.
+    generation: u64,
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
 }
@@ -64,6 +70,7 @@ impl Pool {
             shared: Arc::new(Shared {
                 config,
                 idle: Mutex::new(Vec::new()),
+                generation: AtomicU64::new(0),
                 permits: Arc::new(Semaphore::new(size.max(1))),
                 connect_timeout,
             }),
@@ -78,12 +85,24 @@ impl Pool {
             .await
             .map_err(|_| MssqlError::PoolTimeout(wait))?
             .map_err(|_| MssqlError::PoolTimeout(wait))?;
+        let generation = self.shared.generation.load(Ordering::SeqCst);
         let idle = self.shared.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
         let conn = match idle {
             Some(c) => c,
             None => connect(&self.shared.config, self.shared.connect_timeout).await?,
         };
-        Ok(Pooled { conn: Some(conn), busy: false, shared: self.shared.clone(), _permit: permit })
+        Ok(Pooled { conn: Some(conn), busy: false, generation, shared: self.shared.clone(), _permit: permit })
+    }
+
+    /// Closes every idle connection, and every checked-out one when it is
+    /// returned. An
+    /// org database's pool does this when its org is found dropped: an idle
+    /// session left in the database would keep it in use, and, once the
+    /// dropping process has set it `SINGLE_USER`, could hold its one slot.
+    pub(crate) fn close_idle(&self) {
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        let idle = self.shared.idle.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        drop(idle);
     }
 }
 
@@ -139,9 +158,48 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take()
             && !self.busy
+            && self.generation == self.shared.generation.load(Ordering::SeqCst)
             && let Ok(mut idle) = self.shared.idle.lock()
         {
             idle.push(c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use mssql_mock_tds::MockTdsServer;
+
+    /// Closing a pool's idle connections also closes, when returned, the
+    /// ones checked out at the time (a retired org's in-flight request),
+    /// while connections checked out afterwards are pooled again.
+    #[tokio::test]
+    async fn close_idle_also_closes_connections_checked_out_before() {
+        let server = MockTdsServer::new("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().port();
+        let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run_with_shutdown(rx));
+        let config = crate::SqlServerConfig::from_ado(format!(
+            "server=tcp:127.0.0.1,{port};database=x;user=u;password=p;encrypt=DANGER_PLAINTEXT"
+        ))
+        .tds_config()
+        .unwrap();
+        let pool = Pool::new(config, 4, Duration::from_secs(5));
+        let idle = |p: &Pool| p.shared.idle.lock().unwrap().len();
+
+        let a = pool.get().await.unwrap();
+        let b = pool.get().await.unwrap();
+        drop(a);
+        assert_eq!(idle(&pool), 1, "a returned connection is pooled");
+        pool.close_idle();
+        assert_eq!(idle(&pool), 0, "idle connections are closed");
+        drop(b);
+        assert_eq!(idle(&pool), 0, "a connection checked out before the close is closed when returned");
+        let c = pool.get().await.unwrap();
+        drop(c);
+        assert_eq!(idle(&pool), 1, "connections checked out after the close are pooled again");
     }
 }

@@ -870,11 +870,48 @@ pub fn create_database(name: &str) -> Result<String> {
 
 /// Drops an org's database, closing other sessions on it first. `@P1` is
 /// the name. Must run outside a transaction.
+///
+/// `SET SINGLE_USER WITH ROLLBACK IMMEDIATE` closes every other session,
+/// but the database then admits one session, and not necessarily this one:
+/// a session of another process that connects between the `ALTER` and the
+/// `DROP` takes the slot, and the `DROP` fails (error 3702). The failure is
+/// caught and the database put back to `MULTI_USER` (so it is not left
+/// admitting one session), then re-raised for the caller to retry; the
+/// caller also makes other processes stop connecting first (see
+/// [`mark_dropped`]). `SET OFFLINE` would keep everyone out, but dropping
+/// an offline database leaves its files on disk, and re-creating the org
+/// would then fail on them.
 pub fn drop_database(name: &str) -> Result<String> {
     sync_core::ids::validate_identifier("database", name)?;
     let q = quote(name);
     Ok(format!(
-        "IF DB_ID(@P1) IS NOT NULL BEGIN ALTER DATABASE {q} SET SINGLE_USER WITH ROLLBACK IMMEDIATE; DROP DATABASE {q}; END"
+        "IF DB_ID(@P1) IS NOT NULL BEGIN \
+         BEGIN TRY ALTER DATABASE {q} SET SINGLE_USER WITH ROLLBACK IMMEDIATE; DROP DATABASE {q}; END TRY \
+         BEGIN CATCH \
+         IF EXISTS (SELECT 1 FROM sys.databases WHERE [name] = @P1 AND [user_access] = 1) \
+         ALTER DATABASE {q} SET MULTI_USER WITH ROLLBACK IMMEDIATE; \
+         THROW; \
+         END CATCH; END"
+    ))
+}
+
+/// Whether database `@P1` exists: one `bit`.
+pub const DATABASE_EXISTS: &str = "SELECT CAST(CASE WHEN DB_ID(@P1) IS NULL THEN 0 ELSE 1 END AS bit)";
+
+/// The incarnation [`mark_dropped`] writes: no real incarnation (a UUID's
+/// hex digits) equals it.
+pub const DROPPED_INCARNATION: &str = "dropped";
+
+/// Marks the org in `schema` as dropped, when its bookkeeping exists: its
+/// incarnation becomes [`DROPPED_INCARNATION`], so every handle of every
+/// process finds its incarnation gone on its next call (and its head
+/// poller stops) before the org's database or schema is dropped.
+pub fn mark_dropped(schema: &str) -> Result<String> {
+    let info = qualified(schema, "_sync_info")?;
+    Ok(format!(
+        "IF OBJECT_ID({}, N'U') IS NOT NULL UPDATE {info} SET [value] = N'{DROPPED_INCARNATION}' \
+         WHERE [name] = N'incarnation' AND [value] <> N'{DROPPED_INCARNATION}'",
+        literal(&info)
     ))
 }
 
@@ -1474,9 +1511,22 @@ mod tests {
         );
         assert_eq!(
             drop_database("sync_org_a").unwrap(),
-            "IF DB_ID(@P1) IS NOT NULL BEGIN ALTER DATABASE [sync_org_a] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; \
-             DROP DATABASE [sync_org_a]; END"
+            "IF DB_ID(@P1) IS NOT NULL BEGIN \
+             BEGIN TRY ALTER DATABASE [sync_org_a] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; \
+             DROP DATABASE [sync_org_a]; END TRY \
+             BEGIN CATCH IF EXISTS (SELECT 1 FROM sys.databases WHERE [name] = @P1 AND [user_access] = 1) \
+             ALTER DATABASE [sync_org_a] SET MULTI_USER WITH ROLLBACK IMMEDIATE; THROW; END CATCH; END"
         );
+        assert!(balanced(&drop_database("sync_org_a").unwrap()));
+        // A failed drop never leaves the database admitting one session, and
+        // is re-raised (THROW) for the caller's retry.
+        assert_eq!(DATABASE_EXISTS, "SELECT CAST(CASE WHEN DB_ID(@P1) IS NULL THEN 0 ELSE 1 END AS bit)");
+        assert_eq!(
+            mark_dropped("dbo").unwrap(),
+            "IF OBJECT_ID(N'[dbo].[_sync_info]', N'U') IS NOT NULL UPDATE [dbo].[_sync_info] \
+             SET [value] = N'dropped' WHERE [name] = N'incarnation' AND [value] <> N'dropped'"
+        );
+        assert!(mark_dropped("x]").is_err());
         assert_eq!(create_schema("o").unwrap(), "IF SCHEMA_ID(@P1) IS NULL EXEC(N'CREATE SCHEMA [o]')");
         let drop = drop_schema("o").unwrap();
         assert!(drop.contains("QUOTENAME(s.name)") && drop.ends_with("EXEC(N'DROP SCHEMA [o]'); END"));

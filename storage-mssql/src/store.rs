@@ -3,18 +3,35 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sync_core::{Error, OrgConfig, OrgId, OrgStaging, Result, StagingStore};
 
 use crate::config::{OrgLayout, SqlServerConfig};
 use crate::db::{batch, execute, first, query, with_conn};
-use crate::error::{MssqlError, R};
+use crate::error::{MssqlError, R, codes};
 use crate::org::{ControlRef, HandleParts, Place, SqlServerOrgStaging, read_state};
 use crate::pool::{Conn, Pool, Pooled};
 use crate::sql;
 use crate::values::{Param, get_str};
+
+/// The longest pause between marking an org database dropped and closing
+/// its sessions (the configured poll interval, at most this).
+const MARK_GRACE: Duration = Duration::from_secs(2);
+
+/// Attempts of an org database's `DROP` that lost its one session to another
+/// process (see [`SqlServerStagingStore::drop_database`]).
+const DROP_ATTEMPTS: u32 = 5;
+
+/// The errors after which dropping an org database is tried again.
+const DROP_RETRY_CODES: &[u32] = &[
+    codes::DATABASE_IN_USE,
+    codes::DATABASE_LOCK_REFUSED,
+    codes::DATABASE_OPTIONS_LOCKED,
+    codes::SINGLE_USER_IN_USE,
+    codes::DEADLOCK,
+];
 
 /// The scale-out [`StagingStore`] on SQL Server / Azure SQL.
 ///
@@ -47,6 +64,8 @@ struct Inner {
     config: SqlServerConfig,
     tds: tiberius::Config,
     control: Pool,
+    /// The control database's name, which no org database may have.
+    control_database: String,
     /// Pools of org databases (database-per-org), by database name, at
     /// most `max_org_pools` of them.
     org_pools: Mutex<HashMap<String, OrgPool>>,
@@ -127,12 +146,13 @@ impl SqlServerStagingStore {
         let control = Pool::new(tds.clone(), config.pool_size, config.connect_timeout);
         let schema = config.control_schema.clone();
         let layout = config.layout;
-        with_conn(&control, async |c| {
+        let control_database = with_conn(&control, async |c| {
             query(c, &sql::control::create_tables(&schema)?, &[Param::text(schema.clone())]).await?;
             if layout == OrgLayout::SchemaPerOrg {
                 execute(c, sql::ALLOW_SNAPSHOT_HERE, &[]).await?;
             }
-            Ok(())
+            let rows = query(c, "SELECT DB_NAME()", &[]).await?;
+            Ok(get_str(first(&rows, "DB_NAME()")?, 0, "the control database's name")?.to_owned())
         })
         .await?;
         Ok(SqlServerStagingStore {
@@ -140,6 +160,7 @@ impl SqlServerStagingStore {
                 config: config.clone(),
                 tds,
                 control,
+                control_database,
                 org_pools: Mutex::new(HashMap::new()),
                 handles: Mutex::new(HashMap::new()),
             }),
@@ -168,6 +189,20 @@ impl SqlServerStagingStore {
         Ok(())
     }
 
+    /// The org's database or schema ([`SqlServerConfig::org_container`]),
+    /// never the control database.
+    fn container(&self, org: &OrgId) -> Result<String> {
+        let name = self.inner.config.org_container(org)?;
+        if self.inner.config.layout == OrgLayout::DatabasePerOrg
+            && name.eq_ignore_ascii_case(&self.inner.control_database)
+        {
+            return Err(Error::invalid(format!(
+                "org '{org}' would be stored in '{name}', the control database; choose another database_prefix"
+            )));
+        }
+        Ok(name)
+    }
+
     fn control_schema(&self) -> &str {
         &self.inner.config.control_schema
     }
@@ -178,9 +213,11 @@ impl SqlServerStagingStore {
 
     /// Where `org`'s tables are.
     fn place(&self, org: &OrgId) -> Result<Place> {
-        let name = self.inner.config.org_container(org)?;
+        let name = self.container(org)?;
         Ok(match self.inner.config.layout {
-            OrgLayout::SchemaPerOrg => Place { pool: self.inner.control.clone(), schema: name },
+            OrgLayout::SchemaPerOrg => {
+                Place { pool: self.inner.control.clone(), schema: name, own_database: false }
+            }
             OrgLayout::DatabasePerOrg => {
                 let now = Instant::now();
                 let mut pools = guard(&self.inner.org_pools);
@@ -221,7 +258,7 @@ impl SqlServerStagingStore {
                 if let Some(org) = evicted {
                     guard(&self.inner.handles).remove(&org);
                 }
-                Place { pool, schema: "dbo".to_owned() }
+                Place { pool, schema: "dbo".to_owned(), own_database: true }
             }
         })
     }
@@ -231,17 +268,23 @@ impl SqlServerStagingStore {
         with_conn(&self.inner.control, async |c| query(c, statement, &params).await).await
     }
 
-    /// Creates the org's database or schema and its bookkeeping tables when
-    /// missing; returns the org's incarnation (an existing one is kept).
-    async fn provision(&self, lock: &mut ProvisionLock, org: &OrgId) -> R<String> {
-        let name = self.inner.config.org_container(org)?;
+    /// Another org whose id differs from `org`'s only in case: its
+    /// database or schema is `org`'s too (SQL Server compares those names
+    /// ignoring case), so neither may provision or drop it for `org`.
+    async fn case_clash(&self, lock: &mut ProvisionLock, org: &OrgId) -> R<Option<String>> {
         let clash = lock
             .query(&sql::control::org_case_clash(self.control_schema())?, &[Param::text(org.as_str())])
             .await?;
-        if let Some(r) = clash.first() {
+        clash.first().map(|r| get_str(r, 0, "id").map(str::to_owned)).transpose()
+    }
+
+    /// Creates the org's database or schema and its bookkeeping tables when
+    /// missing; returns the org's incarnation (an existing one is kept).
+    async fn provision(&self, lock: &mut ProvisionLock, org: &OrgId) -> R<String> {
+        let name = self.container(org)?;
+        if let Some(other) = self.case_clash(lock, org).await? {
             return Err(Error::invalid(format!(
-                "org '{org}' differs from the org '{}' only in case; their databases or schemas would collide",
-                get_str(r, 0, "id")?
+                "org '{org}' differs from the org '{other}' only in case; their databases or schemas would collide"
             ))
             .into());
         }
@@ -271,24 +314,128 @@ impl SqlServerStagingStore {
         }
     }
 
-    /// Drops the org's database or schema.
+    /// Drops the org's database or schema, and its control row.
+    ///
+    /// Other processes must stop using the org before its database can be
+    /// dropped, so the order is: (1) its incarnation is marked dropped in
+    /// its own bookkeeping ([`sql::mark_dropped`]): every handle of every
+    /// process finds it gone on its next call, retires (closing its idle
+    /// sessions) and stops polling; (2) its control row is deleted: `org()`
+    /// answers `NotFound` everywhere without connecting; (3) the database or
+    /// schema is dropped. An interruption anywhere leaves an org that
+    /// answers `NotFound` and that `drop_org` or `create_org` finishes.
     async fn deprovision(&self, lock: &mut ProvisionLock, org: &OrgId, name: &str) -> R<()> {
         if let Some(handle) = lock_handles_remove(&self.inner.handles, org) {
             handle.retire();
         }
         match self.inner.config.layout {
             OrgLayout::DatabasePerOrg => {
+                let exists = lock.query(sql::DATABASE_EXISTS, &[Param::text(name)]).await?;
+                let exists = first(&exists, "database_exists")?.try_get::<bool, _>(0)?.unwrap_or(false);
+                // Best effort: a database that cannot be reached (it is
+                // single-user after an interrupted drop, say) is dropped
+                // all the same.
+                let marked = if exists { self.mark_database_dropped(org).await } else { 0 };
+                lock.query(&sql::control::delete_org(self.control_schema())?, &[Param::text(org.as_str())])
+                    .await?;
                 // Idle pooled sessions on the database would be killed by the
-                // drop anyway: forget the pool first.
+                // drop anyway: forget the pool.
                 guard(&self.inner.org_pools).remove(name);
-                lock.query(&sql::drop_database(name)?, &[Param::text(name)]).await?;
+                if marked > 0 {
+                    // Let the head pollers of other processes see the mark
+                    // (one poll interval) and retire before their sessions
+                    // are closed, so none of them reconnects mid-drop.
+                    tokio::time::sleep(self.inner.config.poll_interval.min(MARK_GRACE)).await;
+                }
+                self.drop_database(lock, name).await?;
             }
             OrgLayout::SchemaPerOrg => {
+                lock.query(&sql::mark_dropped(name)?, &[]).await?;
+                lock.query(&sql::control::delete_org(self.control_schema())?, &[Param::text(org.as_str())])
+                    .await?;
                 lock.query(&sql::drop_schema(name)?, &[Param::text(name)]).await?;
             }
         }
-        lock.query(&sql::control::delete_org(self.control_schema())?, &[Param::text(org.as_str())]).await?;
         Ok(())
+    }
+
+    /// Marks the org's database dropped (see [`sql::mark_dropped`]) through
+    /// a short-lived connection of its own; the rows changed, 0 when the
+    /// database could not be reached.
+    async fn mark_database_dropped(&self, org: &OrgId) -> u64 {
+        let Ok(place) = self.place(org) else { return 0 };
+        let Ok(mark) = sql::mark_dropped(&place.schema) else { return 0 };
+        let marked = with_conn(&place.pool, async |c| execute(c, &mark, &[]).await).await;
+        place.pool.close_idle();
+        marked.unwrap_or(0)
+    }
+
+    /// Runs [`sql::drop_database`], again after a pause when a session of
+    /// another process took the database's one slot between its `SET
+    /// SINGLE_USER` and its `DROP` (errors 3702, 5061, 5064, 924, or a
+    /// deadlock): by then that process has found the org marked dropped and
+    /// closed its sessions.
+    async fn drop_database(&self, lock: &mut ProvisionLock, name: &str) -> R<()> {
+        let statement = sql::drop_database(name)?;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match lock.query(&statement, &[Param::text(name)]).await {
+                Ok(_) => return Ok(()),
+                Err(MssqlError::Tds(tiberius::error::Error::Server(t)))
+                    if attempt < DROP_ATTEMPTS && DROP_RETRY_CODES.contains(&t.code()) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the org's database or schema exists and holds this store's
+    /// bookkeeping (an org, or what an interrupted drop left of one).
+    async fn has_bookkeeping(&self, lock: &mut ProvisionLock, org: &OrgId, name: &str) -> R<bool> {
+        let read = match self.inner.config.layout {
+            OrgLayout::DatabasePerOrg => {
+                let exists = lock.query(sql::DATABASE_EXISTS, &[Param::text(name)]).await?;
+                if !first(&exists, "database_exists")?.try_get::<bool, _>(0)?.unwrap_or(false) {
+                    return Ok(false);
+                }
+                let place = self.place(org)?;
+                with_conn(&place.pool, async |c| read_state(c, &place.schema).await).await
+            }
+            OrgLayout::SchemaPerOrg => lock.conn.run(async |c| read_state(c, name).await).await,
+        };
+        match read {
+            Ok(state) => Ok(state.is_some()),
+            Err(MssqlError::Tds(tiberius::error::Error::Server(t))) => match t.code() {
+                codes::INVALID_OBJECT => Ok(false),
+                // Only a drop of this store leaves an org database
+                // single-user (one that lost its session and could not be
+                // put back): finish it.
+                codes::SINGLE_USER_IN_USE => Ok(true),
+                _ => Err(MssqlError::Tds(tiberius::error::Error::Server(t))),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the org's database or schema is missing, after reading its
+    /// bookkeeping failed with `e`: its tables are missing (208), or its
+    /// database cannot be opened (4060, 911) and does not exist.
+    async fn container_missing(&self, org: &OrgId, e: &MssqlError) -> R<bool> {
+        let MssqlError::Tds(tiberius::error::Error::Server(t)) = e else { return Ok(false) };
+        match t.code() {
+            codes::INVALID_OBJECT => Ok(true),
+            codes::CANNOT_OPEN_DATABASE | codes::DATABASE_MISSING
+                if self.inner.config.layout == OrgLayout::DatabasePerOrg =>
+            {
+                let name = self.container(org)?;
+                let rows = self.control(sql::DATABASE_EXISTS, vec![Param::text(name)]).await?;
+                Ok(!first(&rows, "database_exists")?.try_get::<bool, _>(0)?.unwrap_or(false))
+            }
+            _ => Ok(false),
+        }
     }
 }
 
@@ -306,20 +453,34 @@ fn parse_config(text: &str) -> R<OrgConfig> {
 #[async_trait]
 impl StagingStore for SqlServerStagingStore {
     async fn create_org(&self, config: &OrgConfig) -> Result<()> {
-        let name = self.inner.config.org_container(&config.id)?;
-        if self.inner.config.layout == OrgLayout::SchemaPerOrg
-            && name.eq_ignore_ascii_case(self.control_schema())
-        {
-            return Err(Error::invalid(format!(
-                "org '{}' would share the control schema '{name}'; choose another database_prefix",
-                config.id
-            )));
-        }
+        let name = self.container(&config.id)?;
         let json = serde_json::to_string(config).map_err(|e| {
             Error::internal(format!("encoding the configuration of org '{}': {e}", config.id))
         })?;
         let mut guard = ProvisionLock::take(&self.inner.control, &config.id, self.lock_timeout_ms()).await?;
-        let incarnation = self.provision(&mut guard, &config.id).await?;
+        if let Some(other) = self.case_clash(&mut guard, &config.id).await? {
+            guard.release().await?;
+            return Err(Error::invalid(format!(
+                "org '{}' differs from the org '{other}' only in case; their databases or schemas would collide",
+                config.id
+            )));
+        }
+        // An org without a control row whose container holds this store's
+        // bookkeeping is the remains of an interrupted drop_org (its data
+        // and incarnation must not come back): finish that drop first.
+        let known = guard
+            .query(&sql::control::select_org(self.control_schema())?, &[Param::text(config.id.as_str())])
+            .await?;
+        if known.is_empty() && self.has_bookkeeping(&mut guard, &config.id, &name).await? {
+            self.deprovision(&mut guard, &config.id, &name).await?;
+        }
+        let mut incarnation = self.provision(&mut guard, &config.id).await?;
+        if incarnation == sql::DROPPED_INCARNATION {
+            // A drop interrupted after marking the org, before deleting its
+            // control row.
+            self.deprovision(&mut guard, &config.id, &name).await?;
+            incarnation = self.provision(&mut guard, &config.id).await?;
+        }
         guard
             .query(
                 &sql::control::put_org(self.control_schema())?,
@@ -332,9 +493,13 @@ impl StagingStore for SqlServerStagingStore {
 
     async fn drop_org(&self, org: &OrgId) -> Result<()> {
         // An id too long for a container name was never created.
-        let Ok(name) = self.inner.config.org_container(org) else { return Ok(()) };
+        let Ok(name) = self.container(org) else { return Ok(()) };
         let mut guard = ProvisionLock::take(&self.inner.control, org, self.lock_timeout_ms()).await?;
-        self.deprovision(&mut guard, org, &name).await?;
+        // The database or schema of an org whose id differs only in case
+        // is that org's, not this unknown org's: leave it alone.
+        if self.case_clash(&mut guard, org).await?.is_none() {
+            self.deprovision(&mut guard, org, &name).await?;
+        }
         guard.release().await?;
         Ok(())
     }
@@ -367,8 +532,14 @@ impl StagingStore for SqlServerStagingStore {
             return Ok(handle.clone() as Arc<dyn OrgStaging>);
         }
         let schema = place.schema.clone();
-        let state = with_conn(&place.pool, async |c| read_state(c, &schema).await).await?;
-        let Some(state) = state else {
+        let state = match with_conn(&place.pool, async |c| read_state(c, &schema).await).await {
+            Ok(state) => state,
+            Err(e) if self.container_missing(org, &e).await? => None,
+            Err(e) => return Err(e.into()),
+        };
+        // Missing bookkeeping, or bookkeeping marked dropped, is an
+        // interrupted drop_org: the org is gone.
+        let Some(state) = state.filter(|s| s.incarnation != sql::DROPPED_INCARNATION) else {
             return Err(Error::not_found(format!(
                 "org '{org}': its staging data is missing (an interrupted drop_org?); drop and create it again"
             )));

@@ -401,6 +401,27 @@ async fn server_errors_map_to_error_kinds_and_keep_the_connection() {
              DATABASE command which enables snapshot isolation for this database has not finished yet.",
             ErrorKind::Unavailable,
         ),
+        // An org database another process is dropping: its one session is
+        // taken, or the drop lost it; both pass.
+        (
+            924,
+            14,
+            "Database 'sync_org_a' is already open and can only have one user at a time.",
+            ErrorKind::Unavailable,
+        ),
+        (
+            3702,
+            16,
+            "Cannot drop database \"sync_org_a\" because it is currently in use.",
+            ErrorKind::Unavailable,
+        ),
+        (
+            5064,
+            16,
+            "Changes to the state or options of database 'sync_org_a' cannot be made at this time. The \
+             database is in single-user mode, and a user is currently connected to it.",
+            ErrorKind::Unavailable,
+        ),
         (2627, 14, "Violation of PRIMARY KEY constraint 'PK_x'.", ErrorKind::Conflict),
         (208, 16, "Invalid object name 'dbo.nope'.", ErrorKind::Internal),
     ];

@@ -73,4 +73,17 @@ fn org_containers_are_prefixed_and_bounded() {
     let long = OrgId::new("o".repeat(125)).unwrap();
     let err = c.org_container(&long).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    // With an empty prefix an org id could name a system database or
+    // schema, or the control schema: provisioning would write into it and
+    // drop_org drop it.
+    let mut bare = config(1);
+    bare.database_prefix = String::new();
+    for system in ["master", "TempDB", "dbo", "sys", "db_owner"] {
+        let err = bare.org_container(&OrgId::new(system).unwrap()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{system}: {err}");
+    }
+    bare.layout = storage_mssql::OrgLayout::SchemaPerOrg;
+    bare.control_schema = "ctl".into();
+    assert!(bare.org_container(&OrgId::new("CTL").unwrap()).is_err(), "the control schema");
+    assert_eq!(bare.org_container(&OrgId::new("contoso").unwrap()).unwrap(), "contoso");
 }
