@@ -125,7 +125,11 @@ async fn kill_when(child: &mut Child, rng: &mut Rng, mut ready: impl FnMut() -> 
             return false;
         }
         if ready() {
-            tokio::time::sleep(Duration::from_millis(rng.below(15))).await;
+            // A random point shortly after the threshold. Microseconds, not
+            // milliseconds: a fast server finishes several pushes within a
+            // few milliseconds, and a kill that lands after the child is done
+            // tests nothing.
+            tokio::time::sleep(Duration::from_micros(rng.below(3000))).await;
             child.kill().unwrap(); // SIGKILL on Unix
             child.wait().unwrap();
             return true;
