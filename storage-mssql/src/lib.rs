@@ -129,7 +129,6 @@ mod config;
 mod db;
 mod decode;
 mod error;
-mod journal;
 mod org;
 mod pool;
 mod queue;

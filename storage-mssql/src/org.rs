@@ -28,7 +28,6 @@ use tokio::sync::watch;
 
 use crate::db::{batch, chunks, execute, first, query, with_conn};
 use crate::error::{MssqlError, R, codes};
-use crate::journal;
 use crate::pool::{Conn, Pool};
 use crate::sql;
 use crate::values::{self, Param, get_i64, get_str, seq_from_i64};
@@ -1282,7 +1281,7 @@ impl OrgStaging for SqlServerOrgStaging {
             let Some(r) = rows.first() else { return Ok(None) };
             Ok(Some(MutationRecord {
                 fingerprint: get_str(r, 0, "fingerprint")?.to_owned(),
-                outcome: journal::decode(get_str(r, 1, "outcome")?)?,
+                outcome: sync_core::journal::decode_outcome(get_str(r, 1, "outcome")?)?,
                 checkpoint: seq_from_i64(get_i64(r, 2, "checkpoint")?)?,
             }))
         })
@@ -1290,7 +1289,7 @@ impl OrgStaging for SqlServerOrgStaging {
     }
 
     async fn record_mutation(&self, id: &MutationId, record: &MutationRecord) -> Result<()> {
-        let outcome = journal::encode(&record.outcome)?;
+        let outcome = sync_core::journal::encode_outcome(&record.outcome)?;
         let checkpoint = Param::seq(record.checkpoint)?;
         let mut attempt = 0;
         let recorded = loop {

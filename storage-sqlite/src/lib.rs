@@ -175,7 +175,6 @@
 //! ```
 
 mod error;
-mod journal;
 mod membership;
 mod org_db;
 mod queue;

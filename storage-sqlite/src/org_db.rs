@@ -1071,7 +1071,7 @@ pub(crate) fn mutation_result(conn: &Connection, id: &MutationId) -> R<Option<Mu
         .map(|(fingerprint, outcome, checkpoint)| {
             Ok(MutationRecord {
                 fingerprint,
-                outcome: crate::journal::decode(&outcome)?,
+                outcome: sync_core::journal::decode_outcome(&outcome)?,
                 checkpoint: seq_of(checkpoint)?,
             })
         })
@@ -1098,7 +1098,7 @@ pub(crate) fn record_mutation(conn: &mut Connection, id: &MutationId, record: &M
             .execute(rusqlite::params![
                 id.to_string(),
                 record.fingerprint,
-                crate::journal::encode(&record.outcome)?,
+                sync_core::journal::encode_outcome(&record.outcome)?,
                 version_param(record.checkpoint)?
             ])?;
         }

@@ -40,6 +40,7 @@ pub mod error;
 pub mod filter;
 pub mod ids;
 pub mod inprocess;
+pub mod journal;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod org;

@@ -1,16 +1,32 @@
-//! A typed JSON encoding of push outcomes for the mutation journal.
+//! A typed text encoding of push outcomes, for the mutation journal a
+//! staging store keeps ([`OrgStaging::record_mutation`](crate::OrgStaging::record_mutation)).
 //!
 //! A [`Value`]'s own serde form is the wire form, which does not say which
 //! type a string holds; a journal entry must read back exactly as recorded
-//! (a UUID stays a UUID), so rows are stored with a type tag per value.
+//! (a UUID stays a UUID, a float keeps every bit), so rows are stored with a
+//! type tag per value. Stores that keep outcomes as text share this one
+//! encoding, so a journal written by one reads back in another.
+//!
+//! ```
+//! use sync_core::journal::{decode_outcome, encode_outcome};
+//! use sync_core::protocol::MutationOutcome;
+//! use sync_core::{ColumnName, Row, RowId, Seq, Value};
+//!
+//! let row = Row::new(
+//!     RowId::new("r1").unwrap(),
+//!     [(ColumnName::new("id").unwrap(), Value::Uuid(uuid::Uuid::nil()))],
+//! );
+//! let outcome = MutationOutcome::Applied { row: Some(row), version: Seq(7) };
+//! let text = encode_outcome(&outcome).unwrap();
+//! assert_eq!(decode_outcome(&text).unwrap(), outcome);
+//! assert!(decode_outcome("{\"status\":\"applied\"").is_err());
+//! ```
 
 use serde::{Deserialize, Serialize};
-use sync_core::protocol::MutationOutcome;
-use sync_core::value::format_datetime;
-use sync_core::{ColumnName, Row, RowId, Seq, Value};
 
-use crate::error::{R, StoreError};
-use sync_core::value::parse_datetime;
+use crate::protocol::MutationOutcome;
+use crate::value::{format_datetime, parse_datetime};
+use crate::{ColumnName, Error, Result, Row, RowId, Seq, Value};
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "t", content = "v", rename_all = "lowercase")]
@@ -57,8 +73,8 @@ fn typed(v: &Value) -> Typed {
     }
 }
 
-fn value(t: Typed) -> R<Value> {
-    let bad = |what: &str, s: &str| StoreError::Corrupt(format!("journal {what} {s:?}"));
+fn value(t: Typed) -> Result<Value> {
+    let bad = |what: &str, s: &str| Error::internal(format!("journal {what} {s:?}"));
     Ok(match t {
         Typed::Null => Value::Null,
         Typed::String(s) => Value::String(s),
@@ -79,8 +95,8 @@ fn typed_row(r: &Row) -> TypedRow {
     }
 }
 
-fn row(r: TypedRow) -> R<Row> {
-    let corrupt = |e: sync_core::Error| StoreError::Corrupt(format!("journal row: {e}"));
+fn row(r: TypedRow) -> Result<Row> {
+    let corrupt = |e: Error| Error::internal(format!("journal row: {e}"));
     let mut values = std::collections::BTreeMap::new();
     for (k, v) in r.values {
         values.insert(ColumnName::new(k).map_err(corrupt)?, value(v)?);
@@ -88,8 +104,8 @@ fn row(r: TypedRow) -> R<Row> {
     Ok(Row { id: RowId::new(r.id).map_err(corrupt)?, values })
 }
 
-/// The outcome as stored text.
-pub(crate) fn encode(outcome: &MutationOutcome) -> R<String> {
+/// The outcome as text to store. Errors: `Internal` if it cannot be encoded.
+pub fn encode_outcome(outcome: &MutationOutcome) -> Result<String> {
     let stored = match outcome {
         MutationOutcome::Applied { row, version } => {
             Stored::Applied { row: row.as_ref().map(typed_row), version: version.0 }
@@ -99,13 +115,14 @@ pub(crate) fn encode(outcome: &MutationOutcome) -> R<String> {
         }
         MutationOutcome::Rejected { reason } => Stored::Rejected { reason: reason.clone() },
     };
-    serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(format!("encoding an outcome: {e}")))
+    serde_json::to_string(&stored).map_err(|e| Error::internal(format!("encoding an outcome: {e}")))
 }
 
-/// The outcome stored as `text`.
-pub(crate) fn decode(text: &str) -> R<MutationOutcome> {
+/// The outcome stored as `text` by [`encode_outcome`]. Errors: `Internal`
+/// naming what is corrupt, for text this encoding did not write.
+pub fn decode_outcome(text: &str) -> Result<MutationOutcome> {
     let stored: Stored =
-        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("journal outcome: {e}")))?;
+        serde_json::from_str(text).map_err(|e| Error::internal(format!("journal outcome: {e}")))?;
     Ok(match stored {
         Stored::Applied { row: r, version } => {
             MutationOutcome::Applied { row: r.map(row).transpose()?, version: Seq(version) }
@@ -138,15 +155,14 @@ mod tests {
         );
         let mut row = row;
         let t = row.values.get(&ColumnName::new("t").unwrap()).cloned().unwrap();
-        row.values
-            .insert(ColumnName::new("t").unwrap(), t.coerce(&sync_core::AttributeType::DateTime).unwrap());
+        row.values.insert(ColumnName::new("t").unwrap(), t.coerce(&crate::AttributeType::DateTime).unwrap());
         for outcome in [
             MutationOutcome::Applied { row: Some(row.clone()), version: Seq(7) },
             MutationOutcome::Applied { row: None, version: Seq(8) },
             MutationOutcome::Conflict { server_row: Some(row.clone()), reason: "changed".into() },
             MutationOutcome::Rejected { reason: "no".into() },
         ] {
-            assert_eq!(decode(&encode(&outcome).unwrap()).unwrap(), outcome);
+            assert_eq!(decode_outcome(&encode_outcome(&outcome).unwrap()).unwrap(), outcome);
         }
     }
 }
