@@ -356,9 +356,9 @@ impl PageBatch<'_> {
         let tx: &rusqlite::Connection = &self.tx;
         let mut insert = tx.prepare_cached(&insert_sql)?;
         let mut update = tx.prepare_cached(&update_sql)?;
-        let mut member = tx.prepare_cached(
-            "INSERT OR IGNORE INTO \"sync:membership\" (pid, rid, version) VALUES (?1, ?2, ?3)",
-        )?;
+        // Memberships of rows this batch inserted go in by chunks of one
+        // multi-row statement; other rows' memberships one by one.
+        let mut fresh: Vec<FreshMember> = Vec::with_capacity(MEMBER_CHUNK);
         let pending_rows = self.pending.get(&entity).filter(|s| !s.is_empty());
         // Key types stored as their canonical text: the key binds as the row
         // id's text, which is exactly that text.
@@ -388,17 +388,17 @@ impl PageBatch<'_> {
                 .map_err(|e| ClientError::protocol(format!("row id of '{entity}': {e}")))?;
             let v = i64::try_from(version.0).map_err(|_| ClientError::protocol("version out of range"))?;
             let pending = pending_rows.is_some_and(|s| s.contains(row_id.as_str()));
-            let rid: i64 = if pending {
+            let (rid, new_row) = if pending {
                 // Edits are pending on this row: only make sure it has a row
                 // number; its values come from the fold below.
-                pending_rid(tx, &meta, &values[0])?
+                (pending_rid(tx, &meta, &values[0])?, false)
             } else {
                 // Insert first (a first download only inserts), update when
                 // the key exists. Neither needs a statement journal, unlike
                 // an upsert with RETURNING.
                 bind_row(&mut insert, key_as_text, &row_id, &values)?;
                 if insert.raw_execute()? == 1 {
-                    tx.last_insert_rowid()
+                    (tx.last_insert_rowid(), true)
                 } else {
                     bind_row(&mut update, key_as_text, &row_id, &values)?;
                     let mut rows = update.raw_query();
@@ -407,29 +407,34 @@ impl PageBatch<'_> {
                             "row '{row_id}' of '{entity}' neither inserted nor updated"
                         ))
                     })?;
-                    row.get(0)?
+                    (row.get(0)?, false)
                 }
             };
-            if member.execute(params![part.pid, rid, v])? == 1 {
-                sum = sum.wrapping_add(membership_hash(&entity, &row_id, version));
-                count += 1;
-            } else {
-                let old: i64 = tx
-                    .prepare_cached("SELECT version FROM \"sync:membership\" WHERE pid = ?1 AND rid = ?2")?
-                    .query_row(params![part.pid, rid], |r| r.get(0))?;
-                if old != v {
-                    tx.prepare_cached(
-                        "UPDATE \"sync:membership\" SET version = ?3 WHERE pid = ?1 AND rid = ?2",
-                    )?
-                    .execute(params![part.pid, rid, v])?;
-                    sum = sum.wrapping_add(membership_hash(&entity, &row_id, version));
-                    sum = sum.wrapping_sub(membership_hash(&entity, &row_id, Seq(old as u64)));
-                }
-            }
             self.outcome.puts += 1;
+            if new_row {
+                fresh.push(FreshMember { rid, version, row_id });
+                if fresh.len() == MEMBER_CHUNK {
+                    insert_fresh(tx, part.pid, &entity, &mut fresh, &mut sum, &mut count)?;
+                }
+                continue;
+            }
+            // Memberships go in the order of the puts.
+            for m in fresh.drain(..) {
+                let (s, c) = put_member(tx, part.pid, &entity, m.rid, &m.row_id, m.version)?;
+                sum = sum.wrapping_add(s);
+                count += c;
+            }
+            let (s, c) = put_member(tx, part.pid, &entity, rid, &row_id, version)?;
+            sum = sum.wrapping_add(s);
+            count += c;
             if pending {
                 pending_fold(tx, &meta, &columns, &row_id, v, values)?;
             }
+        }
+        for m in fresh.drain(..) {
+            let (s, c) = put_member(tx, part.pid, &entity, m.rid, &m.row_id, m.version)?;
+            sum = sum.wrapping_add(s);
+            count += c;
         }
         let d = self.deltas.entry(part.pid).or_insert((0, 0));
         d.0 = d.0.wrapping_add(sum);
@@ -542,6 +547,92 @@ impl PageBatch<'_> {
         self.tx.execute("DELETE FROM \"sync:sweep\"", [])?;
         Ok(())
     }
+}
+
+/// Memberships inserted by one statement (see [`insert_fresh`]).
+const MEMBER_CHUNK: usize = 100;
+
+/// The membership of a row a batch has just inserted, waiting for its chunk.
+struct FreshMember {
+    rid: i64,
+    version: Seq,
+    row_id: RowId,
+}
+
+/// Puts one membership: inserts it, or updates its version. Returns the
+/// checksum delta (sum, count).
+fn put_member(
+    tx: &rusqlite::Connection,
+    pid: i64,
+    entity: &EntityName,
+    rid: i64,
+    row_id: &RowId,
+    version: Seq,
+) -> Result<(u32, i64)> {
+    let v = i64::try_from(version.0).map_err(|_| ClientError::protocol("version out of range"))?;
+    let inserted = tx
+        .prepare_cached("INSERT OR IGNORE INTO \"sync:membership\" (pid, rid, version) VALUES (?1, ?2, ?3)")?
+        .execute(params![pid, rid, v])?;
+    if inserted == 1 {
+        return Ok((membership_hash(entity, row_id, version), 1));
+    }
+    let old: i64 = tx
+        .prepare_cached("SELECT version FROM \"sync:membership\" WHERE pid = ?1 AND rid = ?2")?
+        .query_row(params![pid, rid], |r| r.get(0))?;
+    if old == v {
+        return Ok((0, 0));
+    }
+    tx.prepare_cached("UPDATE \"sync:membership\" SET version = ?3 WHERE pid = ?1 AND rid = ?2")?
+        .execute(params![pid, rid, v])?;
+    let delta = membership_hash(entity, row_id, version).wrapping_sub(membership_hash(
+        entity,
+        row_id,
+        Seq(old as u64),
+    ));
+    Ok((delta, 0))
+}
+
+/// Inserts the memberships of rows just inserted, in one statement. A row
+/// number new to the table has no membership, so the insert succeeds; if
+/// one had (a leftover the statement refuses as a whole), they are put one
+/// by one instead. Adds their checksum delta to `sum` and `count`.
+fn insert_fresh(
+    tx: &rusqlite::Connection,
+    pid: i64,
+    entity: &EntityName,
+    fresh: &mut Vec<FreshMember>,
+    sum: &mut u32,
+    count: &mut i64,
+) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO \"sync:membership\" (pid, rid, version) VALUES {}",
+        vec!["(?, ?, ?)"; fresh.len()].join(", ")
+    );
+    let mut stmt = tx.prepare_cached(&sql)?;
+    for (i, m) in fresh.iter().enumerate() {
+        let v = i64::try_from(m.version.0).map_err(|_| ClientError::protocol("version out of range"))?;
+        stmt.raw_bind_parameter(3 * i + 1, pid)?;
+        stmt.raw_bind_parameter(3 * i + 2, m.rid)?;
+        stmt.raw_bind_parameter(3 * i + 3, v)?;
+    }
+    match stmt.raw_execute() {
+        Ok(_) => {
+            for m in fresh.iter() {
+                *sum = sum.wrapping_add(membership_hash(entity, &m.row_id, m.version));
+                *count += 1;
+            }
+        }
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            for m in fresh.iter() {
+                let (s, c) = put_member(tx, pid, entity, m.rid, &m.row_id, m.version)?;
+                *sum = sum.wrapping_add(s);
+                *count += c;
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    fresh.clear();
+    Ok(())
 }
 
 /// Whether edits are pending on the row.
