@@ -497,3 +497,92 @@ async fn a_pending_delete_hides_a_held_row_until_the_server_answers() {
     assert!(c.pending().await.unwrap().is_empty());
     assert!(c.verify().await.unwrap().is_empty());
 }
+
+/// Rows `(id, name, n, version)` named `r000`… for `range`.
+fn many(range: std::ops::Range<u64>, version: u64) -> Vec<(String, String, i64, u64)> {
+    range.map(|i| (format!("r{i:03}"), format!("name {i}"), i as i64, version + i)).collect()
+}
+
+fn batch_of(partition: &str, rows: &[(String, String, i64, u64)], removes: &[&str]) -> Batch {
+    let puts: Vec<(&str, &str, i64, u64)> =
+        rows.iter().map(|(id, name, n, v)| (id.as_str(), name.as_str(), *n, *v)).collect();
+    batch(partition, &puts, removes)
+}
+
+fn checksum_of(rows: &[(String, String, i64, u64)]) -> Checksum {
+    let ids: Vec<(&str, u64)> = rows.iter().map(|(id, _, _, v)| (id.as_str(), *v)).collect();
+    checksum(&ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_keep_memberships_and_checksums() {
+    // Batches of hundreds of rows: new rows' memberships go in by chunks,
+    // rows another partition holds already and updated rows one by one.
+    let t = Arc::new(Scripted::default());
+    let a1 = many(0..250, 1000);
+    let b1 = many(100..250, 1000);
+    t.pull(Ok(page(
+        "c1",
+        &["p/a", "p/b"],
+        vec![batch_of("p/a", &a1, &[]), batch_of("p/b", &b1, &[])],
+        true,
+        &[],
+    )));
+    let a2 = many(0..120, 5000);
+    let mut a_final: Vec<_> = a2.iter().cloned().chain(a1[120..249].iter().cloned()).collect();
+    a_final.sort();
+    t.pull(Ok(page(
+        "c2",
+        &["p/a", "p/b"],
+        vec![batch_of("p/a", &a2, &["r249"])],
+        false,
+        &[("p/a", checksum_of(&a_final)), ("p/b", checksum_of(&b1))],
+    )));
+    let (c, _d) = client(&t);
+    let report = c.sync().await.unwrap();
+    assert!(report.complete);
+    assert_eq!(report.repairs, 0);
+    assert_eq!(report.rows, 250 + 150 + 120);
+    assert_eq!(names(&c).await.len(), 250);
+    let st = c.status().await.unwrap();
+    assert_eq!(st.partitions[0].checksum, checksum_of(&a_final));
+    assert_eq!(st.partitions[1].checksum, checksum_of(&b1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_membership_under_a_new_row_number_is_repaired() {
+    let t = Arc::new(Scripted::default());
+    let first = many(0..1, 100);
+    t.pull(Ok(page(
+        "c1",
+        &["p/a"],
+        vec![batch_of("p/a", &first, &[])],
+        false,
+        &[("p/a", checksum_of(&first))],
+    )));
+    let (c, d) = client(&t);
+    c.sync().await.unwrap();
+    // A membership left behind under the row number the next new row gets.
+    {
+        let db = rusqlite::Connection::open(d.path().join("c.db")).unwrap();
+        db.execute(
+            "INSERT INTO \"sync:membership\" (pid, rid, version) \
+             SELECT pid, (SELECT max(\"sync:rowid\") + 1 FROM \"sync:rows:account\"), 1 FROM \"sync:partitions\"",
+            [],
+        )
+        .unwrap();
+    }
+    let all = many(0..151, 100);
+    let more = many(1..151, 100);
+    t.pull(Ok(page("c2", &["p/a"], vec![batch_of("p/a", &more, &[])], false, &[("p/a", checksum_of(&all))])));
+    // The local checksum does not match: the repair reads p/a again.
+    t.pull(Ok(page("r1", &["p/a"], vec![batch_of("p/a", &all, &[])], false, &[("p/a", checksum_of(&all))])));
+    t.pull(Ok(page("c3", &["p/a"], vec![], false, &[("p/a", checksum_of(&all))])));
+    let report = c.sync().await.unwrap();
+    assert!(report.complete);
+    assert_eq!(report.repairs, 1);
+    assert_eq!(names(&c).await.len(), 151);
+    let st = c.status().await.unwrap();
+    assert_eq!(st.partitions[0].checksum, checksum_of(&all));
+    assert_eq!(st.partitions[0].repair, "none");
+}

@@ -57,8 +57,9 @@ pub(crate) struct PageBatch<'a> {
     schemas: &'a mut HashMap<EntityName, Arc<EntityMetadata>>,
     stream: Stream,
     parts: HashMap<PartitionKey, PartRow>,
-    /// Rows with pending edits (they have a shadow).
-    pending: HashSet<(String, String)>,
+    /// Rows with pending edits (they have a shadow), by entity. Usually
+    /// empty, which spares the per-row check on a long download.
+    pending: HashMap<EntityName, HashSet<String>>,
     /// Checksum deltas not yet written: pid → (sum delta, count delta).
     deltas: HashMap<i64, (u32, i64)>,
     outcome: PageOutcome,
@@ -70,11 +71,13 @@ impl Store {
     pub(crate) fn begin_pages(&mut self, stream: Stream) -> Result<PageBatch<'_>> {
         let tx = self.conn.transaction()?;
         let parts = Store::partitions(&tx)?;
-        let mut pending = HashSet::new();
+        let mut pending: HashMap<EntityName, HashSet<String>> = HashMap::new();
         {
             let mut stmt = tx.prepare_cached("SELECT entity, row_id FROM \"sync:shadow\"")?;
             for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-                pending.insert(r?);
+                let (entity, row_id) = r?;
+                let entity = EntityName::new(entity).map_err(|e| ClientError::corrupt(e.to_string()))?;
+                pending.entry(entity).or_default().insert(row_id);
             }
         }
         Ok(PageBatch {
@@ -155,13 +158,13 @@ impl PageBatch<'_> {
     }
 
     /// Applies one page.
-    pub(crate) fn apply(&mut self, page: PullResponse) -> Result<()> {
+    pub(crate) fn apply(&mut self, mut page: PullResponse) -> Result<()> {
         if let Some(schemas) = &page.schemas {
             self.apply_schemas(schemas)?;
             set_meta(&self.tx, key::SCHEMA_VERSION, Some(&page.schema_version.to_string()))?;
         }
         self.sync_partitions(&page)?;
-        for batch in &page.batches {
+        for batch in std::mem::take(&mut page.batches) {
             self.apply_batch(batch)?;
         }
         self.flush_checksums()?;
@@ -282,7 +285,7 @@ impl PageBatch<'_> {
     /// The device no longer holds the row: drop it, or — when edits are
     /// pending on it — forget the server's copy and show the edits alone.
     fn row_left(&mut self, meta: &EntityMetadata, row_id: &RowId) -> Result<()> {
-        if self.pending.contains(&(meta.name.as_str().to_owned(), row_id.as_str().to_owned())) {
+        if is_pending(&self.pending, &meta.name, row_id) {
             self.tx.execute(
                 "UPDATE \"sync:shadow\" SET data = NULL WHERE entity = ?1 AND row_id = ?2",
                 params![meta.name.as_str(), row_id.as_str()],
@@ -293,7 +296,7 @@ impl PageBatch<'_> {
         }
     }
 
-    fn apply_batch(&mut self, batch: &Batch) -> Result<()> {
+    fn apply_batch(&mut self, batch: Batch) -> Result<()> {
         let part = self.parts.get(&batch.partition).cloned().ok_or_else(|| {
             ClientError::protocol(format!(
                 "batch for partition {} which the page does not list",
@@ -343,126 +346,99 @@ impl PageBatch<'_> {
                 .map_err(|e| ClientError::protocol(format!("removed row id of '{}': {e}", batch.entity)))?;
             self.remove(&part, &meta, &row_id)?;
         }
-        if !batch.puts.is_empty() {
-            let upsert = upsert_sql(&meta, &batch.columns);
-            for (values, version) in batch.puts.iter().zip(&batch.versions) {
-                if values.len() != batch.columns.len() {
-                    return Err(ClientError::protocol(format!(
-                        "a row of '{}' has {} values for {} columns",
-                        batch.entity,
-                        values.len(),
-                        batch.columns.len()
-                    )));
-                }
-                let mut typed = Vec::with_capacity(values.len());
-                for (i, (v, ty)) in values.iter().zip(&types).enumerate() {
-                    let v = wire_value(v, ty, i == 0).map_err(|e| {
-                        ClientError::protocol(format!(
-                            "a value of '{}' does not fit its column: {e}",
-                            batch.entity
+        if batch.puts.is_empty() {
+            return Ok(());
+        }
+        let Batch { entity, columns, puts, versions, .. } = batch;
+        // The statements of a put, prepared once per batch: a long download
+        // runs them once per row.
+        let (insert_sql, update_sql) = upsert_sql(&meta, &columns);
+        let tx: &rusqlite::Connection = &self.tx;
+        let mut insert = tx.prepare_cached(&insert_sql)?;
+        let mut update = tx.prepare_cached(&update_sql)?;
+        // Memberships of rows this batch inserted go in by chunks of one
+        // multi-row statement; other rows' memberships one by one.
+        let mut fresh: Vec<FreshMember> = Vec::with_capacity(MEMBER_CHUNK);
+        let pending_rows = self.pending.get(&entity).filter(|s| !s.is_empty());
+        // Key types stored as their canonical text: the key binds as the row
+        // id's text, which is exactly that text.
+        let key_as_text = matches!(
+            types[0],
+            AttributeType::Uuid
+                | AttributeType::Lookup { .. }
+                | AttributeType::DateTime
+                | AttributeType::Decimal
+        );
+        let (mut sum, mut count) = (0u32, 0i64);
+        for (mut values, version) in puts.into_iter().zip(versions) {
+            if values.len() != columns.len() {
+                return Err(ClientError::protocol(format!(
+                    "a row of '{entity}' has {} values for {} columns",
+                    values.len(),
+                    columns.len()
+                )));
+            }
+            for (i, (v, ty)) in values.iter_mut().zip(&types).enumerate() {
+                let wire = std::mem::replace(v, Value::Null);
+                *v = wire_value(wire, ty, i == 0).map_err(|e| {
+                    ClientError::protocol(format!("a value of '{entity}' does not fit its column: {e}"))
+                })?;
+            }
+            let row_id = RowId::new(values[0].canonical_text())
+                .map_err(|e| ClientError::protocol(format!("row id of '{entity}': {e}")))?;
+            let v = i64::try_from(version.0).map_err(|_| ClientError::protocol("version out of range"))?;
+            let pending = pending_rows.is_some_and(|s| s.contains(row_id.as_str()));
+            let (rid, new_row) = if pending {
+                // Edits are pending on this row: only make sure it has a row
+                // number; its values come from the fold below.
+                (pending_rid(tx, &meta, &values[0])?, false)
+            } else {
+                // Insert first (a first download only inserts), update when
+                // the key exists. Neither needs a statement journal, unlike
+                // an upsert with RETURNING.
+                bind_row(&mut insert, key_as_text, &row_id, &values)?;
+                if insert.raw_execute()? == 1 {
+                    (tx.last_insert_rowid(), true)
+                } else {
+                    bind_row(&mut update, key_as_text, &row_id, &values)?;
+                    let mut rows = update.raw_query();
+                    let row = rows.next()?.ok_or_else(|| {
+                        ClientError::corrupt(format!(
+                            "row '{row_id}' of '{entity}' neither inserted nor updated"
                         ))
                     })?;
-                    typed.push(v);
+                    (row.get(0)?, false)
                 }
-                let row_id = RowId::new(typed[0].canonical_text())
-                    .map_err(|e| ClientError::protocol(format!("row id of '{}': {e}", batch.entity)))?;
-                self.put(&part, &meta, &batch.columns, &upsert, row_id, *version, typed)?;
+            };
+            self.outcome.puts += 1;
+            if new_row {
+                fresh.push(FreshMember { rid, version, row_id });
+                if fresh.len() == MEMBER_CHUNK {
+                    insert_fresh(tx, part.pid, &entity, &mut fresh, &mut sum, &mut count)?;
+                }
+                continue;
+            }
+            // Memberships go in the order of the puts.
+            for m in fresh.drain(..) {
+                let (s, c) = put_member(tx, part.pid, &entity, m.rid, &m.row_id, m.version)?;
+                sum = sum.wrapping_add(s);
+                count += c;
+            }
+            let (s, c) = put_member(tx, part.pid, &entity, rid, &row_id, version)?;
+            sum = sum.wrapping_add(s);
+            count += c;
+            if pending {
+                pending_fold(tx, &meta, &columns, &row_id, v, values)?;
             }
         }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn put(
-        &mut self,
-        part: &PartRow,
-        meta: &EntityMetadata,
-        columns: &[ColumnName],
-        upsert: &(String, String),
-        row_id: RowId,
-        version: Seq,
-        values: Vec<Value>,
-    ) -> Result<()> {
-        let v = i64::try_from(version.0).map_err(|_| ClientError::protocol("version out of range"))?;
-        let pending = self.pending.contains(&(meta.name.as_str().to_owned(), row_id.as_str().to_owned()));
-        let rid: i64 = if pending {
-            // Edits are pending on this row: only make sure it has a row
-            // number; its values come from the fold below.
-            let sql = format!(
-                "INSERT INTO {t} ({k}, {HIDDEN}) VALUES (?1, 1) ON CONFLICT ({k}) DO UPDATE SET {HIDDEN} = {HIDDEN} \
-                 RETURNING {RID}",
-                t = quote(&data_table(meta.name.as_str())),
-                k = quote(meta.primary_key.as_str()),
-            );
-            self.tx.prepare_cached(&sql)?.query_row([SqlValue(&values[0])], |r| r.get(0))?
-        } else {
-            // Insert first (a first download only inserts), update when the
-            // key exists. Neither needs a statement journal, unlike an
-            // upsert with RETURNING.
-            let inserted = self
-                .tx
-                .prepare_cached(&upsert.0)?
-                .execute(rusqlite::params_from_iter(values.iter().map(SqlValue)))?;
-            if inserted == 1 {
-                self.tx.last_insert_rowid()
-            } else {
-                self.tx
-                    .prepare_cached(&upsert.1)?
-                    .query_row(rusqlite::params_from_iter(values.iter().map(SqlValue)), |r| r.get(0))?
-            }
-        };
-        let inserted = self
-            .tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO \"sync:membership\" (pid, rid, version) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![part.pid, rid, v])?;
+        for m in fresh.drain(..) {
+            let (s, c) = put_member(tx, part.pid, &entity, m.rid, &m.row_id, m.version)?;
+            sum = sum.wrapping_add(s);
+            count += c;
+        }
         let d = self.deltas.entry(part.pid).or_insert((0, 0));
-        if inserted == 1 {
-            d.0 = d.0.wrapping_add(membership_hash(&meta.name, &row_id, version));
-            d.1 += 1;
-        } else {
-            let old: i64 = self
-                .tx
-                .prepare_cached("SELECT version FROM \"sync:membership\" WHERE pid = ?1 AND rid = ?2")?
-                .query_row(params![part.pid, rid], |r| r.get(0))?;
-            if old != v {
-                self.tx
-                    .prepare_cached(
-                        "UPDATE \"sync:membership\" SET version = ?3 WHERE pid = ?1 AND rid = ?2",
-                    )?
-                    .execute(params![part.pid, rid, v])?;
-                let d = self.deltas.entry(part.pid).or_insert((0, 0));
-                d.0 = d.0.wrapping_add(membership_hash(&meta.name, &row_id, version));
-                d.0 = d.0.wrapping_sub(membership_hash(&meta.name, &row_id, Seq(old as u64)));
-            }
-        }
-        self.outcome.puts += 1;
-        if pending {
-            // The server's row goes to the shadow and the edits are applied
-            // over it again.
-            let (data, shadow_version): (Option<String>, Option<i64>) = self
-                .tx
-                .prepare_cached(
-                    "SELECT data, version FROM \"sync:shadow\" WHERE entity = ?1 AND row_id = ?2",
-                )?
-                .query_row(params![meta.name.as_str(), row_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            if shadow_version.is_none_or(|s| s <= v) {
-                let mut base: BTreeMap<ColumnName, Value> = match data {
-                    Some(text) => values_from_json(meta, &text)?,
-                    None => BTreeMap::new(),
-                };
-                for (c, val) in columns.iter().zip(values) {
-                    base.insert(c.clone(), val);
-                }
-                self.tx
-                    .prepare_cached(
-                        "UPDATE \"sync:shadow\" SET data = ?3, version = ?4 WHERE entity = ?1 AND row_id = ?2",
-                    )?
-                    .execute(params![meta.name.as_str(), row_id.as_str(), values_to_json(&base), v])?;
-            }
-            return refold(&self.tx, meta, &row_id);
-        }
+        d.0 = d.0.wrapping_add(sum);
+        d.1 += count;
         Ok(())
     }
 
@@ -573,13 +549,166 @@ impl PageBatch<'_> {
     }
 }
 
+/// Memberships inserted by one statement (see [`insert_fresh`]).
+const MEMBER_CHUNK: usize = 100;
+
+/// The membership of a row a batch has just inserted, waiting for its chunk.
+struct FreshMember {
+    rid: i64,
+    version: Seq,
+    row_id: RowId,
+}
+
+/// Puts one membership: inserts it, or updates its version. Returns the
+/// checksum delta (sum, count).
+fn put_member(
+    tx: &rusqlite::Connection,
+    pid: i64,
+    entity: &EntityName,
+    rid: i64,
+    row_id: &RowId,
+    version: Seq,
+) -> Result<(u32, i64)> {
+    let v = i64::try_from(version.0).map_err(|_| ClientError::protocol("version out of range"))?;
+    let inserted = tx
+        .prepare_cached("INSERT OR IGNORE INTO \"sync:membership\" (pid, rid, version) VALUES (?1, ?2, ?3)")?
+        .execute(params![pid, rid, v])?;
+    if inserted == 1 {
+        return Ok((membership_hash(entity, row_id, version), 1));
+    }
+    let old: i64 = tx
+        .prepare_cached("SELECT version FROM \"sync:membership\" WHERE pid = ?1 AND rid = ?2")?
+        .query_row(params![pid, rid], |r| r.get(0))?;
+    if old == v {
+        return Ok((0, 0));
+    }
+    tx.prepare_cached("UPDATE \"sync:membership\" SET version = ?3 WHERE pid = ?1 AND rid = ?2")?
+        .execute(params![pid, rid, v])?;
+    let delta = membership_hash(entity, row_id, version).wrapping_sub(membership_hash(
+        entity,
+        row_id,
+        Seq(old as u64),
+    ));
+    Ok((delta, 0))
+}
+
+/// Inserts the memberships of rows just inserted, in one statement. A row
+/// number new to the table has no membership, so the insert succeeds; if
+/// one had (a leftover the statement refuses as a whole), they are put one
+/// by one instead. Adds their checksum delta to `sum` and `count`.
+fn insert_fresh(
+    tx: &rusqlite::Connection,
+    pid: i64,
+    entity: &EntityName,
+    fresh: &mut Vec<FreshMember>,
+    sum: &mut u32,
+    count: &mut i64,
+) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO \"sync:membership\" (pid, rid, version) VALUES {}",
+        vec!["(?, ?, ?)"; fresh.len()].join(", ")
+    );
+    let mut stmt = tx.prepare_cached(&sql)?;
+    for (i, m) in fresh.iter().enumerate() {
+        let v = i64::try_from(m.version.0).map_err(|_| ClientError::protocol("version out of range"))?;
+        stmt.raw_bind_parameter(3 * i + 1, pid)?;
+        stmt.raw_bind_parameter(3 * i + 2, m.rid)?;
+        stmt.raw_bind_parameter(3 * i + 3, v)?;
+    }
+    match stmt.raw_execute() {
+        Ok(_) => {
+            for m in fresh.iter() {
+                *sum = sum.wrapping_add(membership_hash(entity, &m.row_id, m.version));
+                *count += 1;
+            }
+        }
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            for m in fresh.iter() {
+                let (s, c) = put_member(tx, pid, entity, m.rid, &m.row_id, m.version)?;
+                *sum = sum.wrapping_add(s);
+                *count += c;
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    fresh.clear();
+    Ok(())
+}
+
+/// Whether edits are pending on the row.
+fn is_pending(pending: &HashMap<EntityName, HashSet<String>>, entity: &EntityName, row_id: &RowId) -> bool {
+    pending.get(entity).is_some_and(|s| s.contains(row_id.as_str()))
+}
+
+/// Binds a put's values (key first) to the insert or the update of
+/// [`upsert_sql`]. `key_as_text`: the key binds as the row id's text (the
+/// canonical text a key of its type is stored as).
+fn bind_row(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    key_as_text: bool,
+    row_id: &RowId,
+    values: &[Value],
+) -> Result<()> {
+    if key_as_text {
+        stmt.raw_bind_parameter(1, row_id.as_str())?;
+    } else if let Some(key) = values.first() {
+        stmt.raw_bind_parameter(1, SqlValue(key))?;
+    }
+    for (i, v) in values.iter().enumerate().skip(1) {
+        stmt.raw_bind_parameter(i + 1, SqlValue(v))?;
+    }
+    Ok(())
+}
+
+/// The row number of a row with pending edits, which a put does not
+/// overwrite (its values come from [`pending_fold`]): a hidden row is made
+/// when there is none.
+fn pending_rid(tx: &rusqlite::Connection, meta: &EntityMetadata, key: &Value) -> Result<i64> {
+    let sql = format!(
+        "INSERT INTO {t} ({k}, {HIDDEN}) VALUES (?1, 1) ON CONFLICT ({k}) DO UPDATE SET {HIDDEN} = {HIDDEN} \
+         RETURNING {RID}",
+        t = quote(&data_table(meta.name.as_str())),
+        k = quote(meta.primary_key.as_str()),
+    );
+    Ok(tx.prepare_cached(&sql)?.query_row([SqlValue(key)], |r| r.get(0))?)
+}
+
+/// A put of a row with pending edits: the server's row goes to the shadow
+/// (unless the shadow is newer) and the edits are applied over it again.
+fn pending_fold(
+    tx: &rusqlite::Connection,
+    meta: &EntityMetadata,
+    columns: &[ColumnName],
+    row_id: &RowId,
+    version: i64,
+    values: Vec<Value>,
+) -> Result<()> {
+    let (data, shadow_version): (Option<String>, Option<i64>) = tx
+        .prepare_cached("SELECT data, version FROM \"sync:shadow\" WHERE entity = ?1 AND row_id = ?2")?
+        .query_row(params![meta.name.as_str(), row_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if shadow_version.is_none_or(|s| s <= version) {
+        let mut base: BTreeMap<ColumnName, Value> = match data {
+            Some(text) => values_from_json(meta, &text)?,
+            None => BTreeMap::new(),
+        };
+        for (c, val) in columns.iter().zip(values) {
+            base.insert(c.clone(), val);
+        }
+        tx.prepare_cached(
+            "UPDATE \"sync:shadow\" SET data = ?3, version = ?4 WHERE entity = ?1 AND row_id = ?2",
+        )?
+        .execute(params![meta.name.as_str(), row_id.as_str(), values_to_json(&base), version])?;
+    }
+    refold(tx, meta, row_id)
+}
+
 /// A value from the wire, checked against its column's type and ready to
 /// bind. The key is brought to its canonical form (it names the row);
 /// other text-stored values (UUIDs, datetimes, decimals) are checked and
 /// kept as the server wrote them — a server writes them canonically — to
 /// spare a parse-and-format round per value on a long download.
-fn wire_value(v: &Value, ty: &AttributeType, key: bool) -> sync_core::Result<Value> {
-    if !key && let Value::String(s) = v {
+fn wire_value(v: Value, ty: &AttributeType, key: bool) -> sync_core::Result<Value> {
+    if !key && let Value::String(s) = &v {
         let ok = match ty {
             AttributeType::Uuid | AttributeType::Lookup { .. } => uuid::Uuid::try_parse(s).is_ok(),
             AttributeType::DateTime => {
@@ -589,10 +718,10 @@ fn wire_value(v: &Value, ty: &AttributeType, key: bool) -> sync_core::Result<Val
             _ => false,
         };
         if ok {
-            return Ok(v.clone());
+            return Ok(v);
         }
     }
-    v.clone().coerce(ty)
+    v.coerce(ty)
 }
 
 /// The insert (`INSERT OR IGNORE`) and the update by key (`?1`) of the
