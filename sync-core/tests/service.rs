@@ -300,3 +300,34 @@ async fn a_first_read_survives_a_purge_but_a_stale_copy_resyncs() {
     }
     assert_eq!(rows, 1, "only b is left for u1");
 }
+
+/// An item that sends a subset of columns sends each once, key first, with
+/// the row's values — even when the profile names a column twice or names
+/// the key.
+#[tokio::test]
+async fn column_subsets_send_each_column_once() {
+    let rig = rig().await;
+    rig.source
+        .upsert(
+            "task",
+            Row::new(
+                RowId::new("a").unwrap(),
+                [(col("owner"), Value::from("u1")), (col("n"), Value::Integer(5))],
+            ),
+        )
+        .unwrap();
+    let mut item = ProfileItem::new(EntityName::new("task").unwrap(), "owner eq @user.id");
+    item.columns = Some(vec![col("n"), col("id"), col("n")]);
+    let profile =
+        Profile { name: ProfileName::new("reps").unwrap(), roles: ["rep".into()].into(), items: vec![item] };
+    rig.service.put_profile(&admin(), &org(), &profile).await.unwrap();
+    rig.service.sync_now(&admin(), &org(), None).await.unwrap();
+    while rig.stager.run_once(None).await.unwrap() {}
+    let r = rig.service.pull(&rep("u1"), &org(), &PullRequest::default()).await.unwrap();
+    assert_eq!(r.batches.len(), 1);
+    let batch = &r.batches[0];
+    assert_eq!(batch.columns, vec![col("id"), col("n")]);
+    let mut puts = batch.puts.clone();
+    puts.sort_by_key(|p| p[0].canonical_text());
+    assert_eq!(puts, vec![vec![Value::from("a"), Value::Integer(5)], vec![Value::from("b"), Value::Null]]);
+}

@@ -115,7 +115,14 @@ impl SyncService {
             let Some(meta) = view.schema(&p.entity) else { continue };
             let mut cols = vec![meta.primary_key.clone()];
             match view.item_of(p).and_then(|i| i.columns.as_ref()) {
-                Some(subset) => cols.extend(subset.iter().filter(|c| **c != meta.primary_key).cloned()),
+                // Each column once: a put's values are moved out of its row.
+                Some(subset) => {
+                    for c in subset {
+                        if !cols.contains(c) {
+                            cols.push(c.clone());
+                        }
+                    }
+                }
                 None => cols.extend(
                     meta.attributes.iter().map(|a| a.name.clone()).filter(|c| *c != meta.primary_key),
                 ),
@@ -144,10 +151,9 @@ impl SyncService {
             let Some(batch) = batches.last_mut() else { continue };
             match change.row {
                 Some(staged) => {
-                    let values: Vec<Value> = cols
-                        .iter()
-                        .map(|c| staged.row.values.get(c).cloned().unwrap_or(Value::Null))
-                        .collect();
+                    let mut row = staged.row.values;
+                    let values: Vec<Value> =
+                        cols.iter().map(|c| row.remove(c).unwrap_or(Value::Null)).collect();
                     batch.puts.push(values);
                     batch.versions.push(staged.version);
                 }
