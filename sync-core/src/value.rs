@@ -299,8 +299,71 @@ impl Serialize for Value {
 }
 
 impl<'de> Deserialize<'de> for Value {
+    /// The wire form, read as [`Value::from_json`] reads a JSON value, but
+    /// without building one for scalars: a pulled page holds a million of
+    /// them, and the detour allocated a `serde_json::Value` for each.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        serde_json::Value::deserialize(deserializer).map(Value::from_json)
+        deserializer.deserialize_any(WireVisitor)
+    }
+}
+
+/// Reads the wire form of a [`Value`]; arrays and objects (and numbers
+/// beyond `f64`, with serde_json's `arbitrary_precision`) go through
+/// `serde_json::Value` and [`Value::from_json`].
+struct WireVisitor;
+
+impl<'de> serde::de::Visitor<'de> for WireVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+        Value::deserialize(d)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, b: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Boolean(b))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, i: i64) -> std::result::Result<Value, E> {
+        Ok(Value::Integer(i))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, u: u64) -> std::result::Result<Value, E> {
+        // As `from_json`: an integer beyond i64 is read as a float.
+        Ok(i64::try_from(u).map_or(Value::Float(u as f64), Value::Integer))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, f: f64) -> std::result::Result<Value, E> {
+        Ok(Value::Float(f))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, s: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> std::result::Result<Value, A::Error> {
+        serde_json::Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+            .map(Value::from_json)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<Value, A::Error> {
+        serde_json::Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            .map(Value::from_json)
     }
 }
 
@@ -343,6 +406,39 @@ impl From<Decimal> for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wire_form_reads_as_from_json_does() {
+        for text in [
+            "null",
+            "true",
+            "false",
+            "0",
+            "-1",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "1.5",
+            "1.0",
+            "-0.0",
+            "1e300",
+            r#""""#,
+            r#""a \"quoted\" line\nwith \u00e9""#,
+            "[]",
+            r#"[1, "a", null, {"b": [2.5]}]"#,
+            r#"{"k": {"nested": true}, "n": 18446744073709551615}"#,
+        ] {
+            let direct: Value = serde_json::from_str(text).unwrap();
+            let detour = Value::from_json(serde_json::from_str(text).unwrap());
+            assert_eq!(format!("{direct:?}"), format!("{detour:?}"), "{text}");
+        }
+        // Inside a row of a page, as the client reads them.
+        let rows: Vec<Vec<Value>> =
+            serde_json::from_str(r#"[[1, "x", null], [2.5, {"a": 1}, false]]"#).unwrap();
+        assert_eq!(rows[0], vec![Value::Integer(1), Value::from("x"), Value::Null]);
+        assert_eq!(rows[1][2], Value::Boolean(false));
+        assert!(serde_json::from_str::<Value>("nul").is_err());
+    }
 
     #[test]
     fn fast_datetime_path_matches_rfc3339() {
