@@ -340,6 +340,12 @@ async fn run(rows: u64) {
         let raw_rate = rows as f64 / t.elapsed().as_secs_f64();
         raw_rates.push(raw_rate);
         ratios.push(rate / raw_rate);
+        // Keep the disk footprint to one round's databases.
+        for f in [&db, &path] {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", f.display()));
+            }
+        }
         println!(
             "round {round}: raw pipeline {raw_rate:>9.0} rows/s | sync-client {rate:>9.0} rows/s ({:.2} s) | ratio {:.2}",
             elapsed.as_secs_f64(),
