@@ -21,8 +21,9 @@ use sync_core::org::EntityStatus;
 use sync_core::partition::{Checksum, MembershipAction, membership_hash};
 use sync_core::staging::{ApplyOutcome, MutationRecord, PullPage, PullPlan, PulledChange, SchemaChange};
 use sync_core::{
-    Attribute, ChangePage, ChangeToken, EntityMetadata, EntityName, Error, MutationId, OrgId, OrgStaging,
-    OrgStatus, PartitionKey, Profile, ProfileName, Result, Row, RowId, Seq, StagedRow, SyncRunReport, Value,
+    Attribute, ChangePage, ChangeToken, ColumnName, EntityMetadata, EntityName, Error, MutationId, OrgId,
+    OrgStaging, OrgStatus, PartitionKey, Profile, ProfileName, PulledRow, Result, Row, RowId, Seq, StagedRow,
+    SyncRunReport, Value,
 };
 use tokio::sync::watch;
 
@@ -707,6 +708,7 @@ async fn pull_page(c: &mut Conn, schema: &str, head: Seq, plan: &PullPlan) -> R<
     }
     let max_rows = plan.max_rows.max(1);
     let mut metas: HashMap<EntityName, EntityMetadata> = HashMap::new();
+    let mut columns: HashMap<EntityName, Arc<[ColumnName]>> = HashMap::new();
     let mut changes: Vec<PulledChange> = Vec::new();
     let mut positions = Vec::with_capacity(plan.partitions.len());
     let mut bytes = 0usize;
@@ -774,15 +776,20 @@ async fn pull_page(c: &mut Conn, schema: &str, head: Seq, plan: &PullPlan) -> R<
                 let row = if op.removed {
                     None
                 } else {
-                    Some(staged.remove(&(op.entity.clone(), op.row_id.clone())).ok_or_else(|| {
-                        MssqlError::Decode(format!(
+                    let found = staged.remove(&(op.entity.clone(), op.row_id.clone()));
+                    let cols = metas.get(&op.entity).map(|m| {
+                        columns.entry(op.entity.clone()).or_insert_with(|| m.pull_columns().into()).clone()
+                    });
+                    let (Some(found), Some(cols)) = (found, cols) else {
+                        return Err(MssqlError::Decode(format!(
                             "partition '{key}': member {}/{} is not staged",
                             op.entity, op.row_id
-                        ))
-                    })?)
+                        )));
+                    };
+                    Some(PulledRow::from_staged(&cols, found))
                 };
                 let size = match &row {
-                    Some(s) => s.row.approx_size(),
+                    Some(s) => s.approx_size(&op.row_id),
                     None => op.row_id.as_str().len() + REMOVE_OVERHEAD,
                 };
                 if !changes.is_empty()

@@ -11,7 +11,7 @@ use sync_core::org::EntityStatus;
 use sync_core::staging::{ApplyOutcome, MutationRecord, PullPage, PullPlan, PulledChange, SchemaChange};
 use sync_core::{
     ChangePage, ChangeToken, Checksum, EntityMetadata, EntityName, Error, MutationId, OrgId, OrgStatus,
-    PartitionKey, Profile, ProfileName, RowId, Seq, SyncRunReport,
+    PartitionKey, Profile, ProfileName, PulledRow, RowId, Seq, SyncRunReport,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -907,9 +907,9 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                             table.meta.name
                         )));
                     }
-                    let staged = table.decode_at(r, 3, false)?.staged;
-                    let size = staged.row.approx_size();
-                    (staged.row.id.clone(), Some(staged), size)
+                    let (row_id, pulled) = table.decode_pulled(r, 3)?;
+                    let size = pulled.approx_size(&row_id);
+                    (row_id, Some(pulled), size)
                 };
                 let change = PulledChange {
                     partition: key.clone(),
@@ -958,7 +958,8 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                     ))
                 })?;
                 let size = staged.row.approx_size();
-                (staged.row.id.clone(), Some(staged), size)
+                let row_id = staged.row.id.clone();
+                (row_id, Some(PulledRow::from_staged(table.pull_columns(), staged)), size)
             };
             let change =
                 PulledChange { partition: key.clone(), entity: table.meta.name.clone(), row_id, seq, row };

@@ -10,10 +10,12 @@
 //!
 //! The primary-key attribute is `NOT NULL UNIQUE`.
 
+use std::sync::Arc;
+
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, Statement, ToSql};
 use sync_core::row::Row;
-use sync_core::{AttributeType, EntityMetadata, RowId, Seq, StagedRow};
+use sync_core::{AttributeType, ColumnName, EntityMetadata, PulledRow, RowId, Seq, StagedRow};
 
 use crate::error::{R, StoreError};
 use crate::membership::Parts;
@@ -44,6 +46,10 @@ pub(crate) struct Table {
     int_key: bool,
     /// Attribute indexes in column-name order.
     by_name: Vec<usize>,
+    /// Attribute indexes in pull order ([`EntityMetadata::pull_columns`]).
+    pull_order: Vec<usize>,
+    /// The names of a pulled row's values, shared by every row it decodes.
+    pull_columns: Arc<[ColumnName]>,
     select_list: String,
     select_by_key: String,
     select_by_rid: String,
@@ -61,6 +67,10 @@ impl Table {
         let int_key = meta.attributes[key_index].ty == AttributeType::Integer;
         let mut by_name: Vec<usize> = (0..meta.attributes.len()).collect();
         by_name.sort_by(|a, b| meta.attributes[*a].name.cmp(&meta.attributes[*b].name));
+        let pull_order: Vec<usize> = std::iter::once(key_index)
+            .chain((0..meta.attributes.len()).filter(|i| *i != key_index))
+            .collect();
+        let pull_columns = pull_order.iter().map(|&i| meta.attributes[i].name.clone()).collect();
         let name = quote(meta.name.as_str());
         let key = quote(meta.attributes[key_index].name.as_str());
         let rid = quote(RID_COLUMN);
@@ -92,6 +102,8 @@ impl Table {
             key_index,
             int_key,
             by_name,
+            pull_order,
+            pull_columns,
             select_list,
         })
     }
@@ -283,6 +295,32 @@ impl Table {
             _ => Parts::default(),
         };
         Ok(Stored { rid, staged: StagedRow { row: Row { id, values }, version: seq_of(version)? }, parts })
+    }
+
+    /// The columns of the rows [`Table::decode_pulled`] builds.
+    pub(crate) fn pull_columns(&self) -> &Arc<[ColumnName]> {
+        &self.pull_columns
+    }
+
+    /// Decodes this table's select list starting at column `at` into a
+    /// pulled row (values in pull order, no map) and its id.
+    pub(crate) fn decode_pulled(&self, r: &rusqlite::Row<'_>, at: usize) -> R<(RowId, PulledRow)> {
+        let attrs = &self.meta.attributes;
+        let mut values = Vec::with_capacity(attrs.len());
+        for &i in &self.pull_order {
+            let a = &attrs[i];
+            values.push(decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?);
+        }
+        let id = match values.first() {
+            Some(v) if !v.is_null() => {
+                RowId::new(canonical_key_text(v)).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
+            _ => return Err(StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name))),
+        };
+        let version = seq_of(r.get(at + attrs.len() + 1)?)?;
+        let row = PulledRow::new(Arc::clone(&self.pull_columns), values, version)
+            .ok_or_else(|| StoreError::Corrupt(format!("a row of '{}' lost a column", self.meta.name)))?;
+        Ok((id, row))
     }
 
     /// The staged row with `id` (any accepted spelling) and its rid, if any.

@@ -341,8 +341,8 @@ async fn ingestion_membership_and_pull() {
             let set = held.entry(c.partition.clone()).or_default();
             set.retain(|(id, _)| id != &c.row_id);
             if let Some(r) = &c.row {
-                assert_eq!(r.row.id, c.row_id);
-                set.insert((c.row_id.clone(), r.version));
+                assert_eq!(r.get("accountid").map(Value::canonical_text).as_deref(), Some(c.row_id.as_str()));
+                set.insert((c.row_id.clone(), r.version()));
             }
         }
         positions = p.positions.clone();
@@ -802,7 +802,7 @@ async fn concurrent_writers_never_skip_a_commit() {
                 for c in p.changes {
                     seqs.push(c.seq);
                     match c.row {
-                        Some(r) => held.insert(c.row_id, r.version),
+                        Some(r) => held.insert(c.row_id, r.version()),
                         None => held.remove(&c.row_id),
                     };
                 }
@@ -824,7 +824,7 @@ async fn concurrent_writers_never_skip_a_commit() {
             .unwrap();
         for c in p.changes {
             match c.row {
-                Some(r) => held.insert(c.row_id, r.version),
+                Some(r) => held.insert(c.row_id, r.version()),
                 None => held.remove(&c.row_id),
             };
         }

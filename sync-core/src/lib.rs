@@ -72,7 +72,7 @@ pub use partition::{Checksum, MembershipOp, Partition, PartitionKey};
 pub use principal::Principal;
 pub use profile::{ConflictPolicy, Profile, ProfileItem};
 pub use queue::{Delivery, Message, WorkQueue};
-pub use row::{ChangePage, Mutation, MutationOp, Row, StagedRow};
+pub use row::{ChangePage, Mutation, MutationOp, PulledRow, Row, StagedRow};
 pub use schema::{Attribute, AttributeType, EntityMetadata};
 pub use service::{SyncConfig, SyncService};
 pub use source::{MetadataSource, SourceConnector};

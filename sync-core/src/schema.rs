@@ -143,6 +143,16 @@ impl EntityMetadata {
         self.attributes.iter().find(|a| a.name.as_str() == name)
     }
 
+    /// Every column in the order a pull sends a row's values: the primary
+    /// key first, then the other attributes in schema order. Stores build
+    /// [`PulledRow`](crate::PulledRow)s in this order, so the service moves
+    /// them into a response without reordering.
+    pub fn pull_columns(&self) -> Vec<ColumnName> {
+        std::iter::once(self.primary_key.clone())
+            .chain(self.attributes.iter().map(|a| a.name.clone()).filter(|c| *c != self.primary_key))
+            .collect()
+    }
+
     /// The type of the primary key.
     pub fn key_type(&self) -> Result<&AttributeType> {
         self.attribute(self.primary_key.as_str())

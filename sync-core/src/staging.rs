@@ -31,7 +31,7 @@ use crate::org::{OrgConfig, OrgStatus, SyncRunReport};
 use crate::partition::{Checksum, PartitionKey};
 use crate::profile::Profile;
 use crate::protocol::MutationOutcome;
-use crate::row::{ChangePage, StagedRow};
+use crate::row::{ChangePage, PulledRow, StagedRow};
 use crate::schema::EntityMetadata;
 
 /// The control plane: which orgs exist, where orgs hosted elsewhere live,
@@ -121,8 +121,9 @@ pub struct PulledChange {
     pub row_id: RowId,
     /// The op's seq.
     pub seq: Seq,
-    /// The row at its current version for a put; `None` for a remove.
-    pub row: Option<StagedRow>,
+    /// The row at its current version for a put (every attribute of the
+    /// entity's current schema); `None` for a remove.
+    pub row: Option<PulledRow>,
 }
 
 /// A page of membership ops read from one consistent snapshot.

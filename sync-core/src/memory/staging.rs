@@ -1,7 +1,7 @@
 //! The in-memory staging store: every contract of [`StagingStore`] and
 //! [`OrgStaging`] over plain maps behind one mutex per org.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -11,11 +11,11 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::filter::{MembershipPlanner, validate_profile};
-use crate::ids::{ChangeToken, EntityName, MutationId, OrgId, ProfileName, RowId, Seq};
+use crate::ids::{ChangeToken, ColumnName, EntityName, MutationId, OrgId, ProfileName, RowId, Seq};
 use crate::org::{EntityStatus, OrgConfig, OrgStatus, SyncRunReport};
 use crate::partition::{Checksum, MembershipAction, MembershipEntry, PartitionKey};
 use crate::profile::Profile;
-use crate::row::{ChangePage, Row, StagedRow};
+use crate::row::{ChangePage, PulledRow, Row, StagedRow};
 use crate::schema::EntityMetadata;
 use crate::staging::{
     ApplyOutcome, MutationRecord, OrgStaging, PullPage, PullPlan, PulledChange, SchemaChange, StagingStore,
@@ -570,6 +570,7 @@ impl OrgState {
         }
         let max_rows = plan.max_rows.max(1);
         let mut changes: Vec<PulledChange> = Vec::new();
+        let mut columns: HashMap<EntityName, Arc<[ColumnName]>> = HashMap::new();
         let mut positions = Vec::with_capacity(plan.partitions.len());
         let mut bytes = 0usize;
         let mut more = false;
@@ -591,21 +592,21 @@ impl OrgState {
                 let row = if entry.removed {
                     None
                 } else {
-                    let staged = self
-                        .entities
-                        .get(&entry.entity)
-                        .and_then(|e| e.rows.get(&entry.row_id))
-                        .map(|r| r.staged.clone())
-                        .ok_or_else(|| {
-                            Error::internal(format!(
-                                "partition '{key}': member {}/{} is not staged",
-                                entry.entity, entry.row_id
-                            ))
-                        })?;
-                    Some(staged)
+                    let state = self.entities.get(&entry.entity);
+                    let staged = state.and_then(|e| e.rows.get(&entry.row_id)).map(|r| &r.staged);
+                    let (Some(state), Some(staged)) = (state, staged) else {
+                        return Err(Error::internal(format!(
+                            "partition '{key}': member {}/{} is not staged",
+                            entry.entity, entry.row_id
+                        )));
+                    };
+                    let cols = columns
+                        .entry(entry.entity.clone())
+                        .or_insert_with(|| state.meta.pull_columns().into());
+                    Some(PulledRow::copied(cols, staged))
                 };
                 let size = match &row {
-                    Some(staged) => staged.row.approx_size(),
+                    Some(pulled) => pulled.approx_size(&entry.row_id),
                     None => entry.row_id.as_str().len() + REMOVE_OVERHEAD,
                 };
                 if !changes.is_empty()

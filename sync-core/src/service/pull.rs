@@ -1,6 +1,7 @@
 //! `pull`: membership ops after the caller's cursor, column-wise.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{CallerView, SyncService, bounded_wait};
@@ -10,6 +11,7 @@ use crate::ids::{ColumnName, OrgId, Seq};
 use crate::partition::PartitionKey;
 use crate::principal::Principal;
 use crate::protocol::{Batch, PullRequest, PullResponse};
+use crate::row::PulledRow;
 use crate::schema::EntityMetadata;
 use crate::staging::{PullPage, PullPlan};
 use crate::value::Value;
@@ -113,23 +115,23 @@ impl SyncService {
         let mut columns: HashMap<PartitionKey, (&EntityMetadata, Vec<ColumnName>)> = HashMap::new();
         for p in &view.partitions {
             let Some(meta) = view.schema(&p.entity) else { continue };
-            let mut cols = vec![meta.primary_key.clone()];
-            match view.item_of(p).and_then(|i| i.columns.as_ref()) {
+            let cols = match view.item_of(p).and_then(|i| i.columns.as_ref()) {
                 // Each column once: a put's values are moved out of its row.
                 Some(subset) => {
+                    let mut cols = vec![meta.primary_key.clone()];
                     for c in subset {
                         if !cols.contains(c) {
                             cols.push(c.clone());
                         }
                     }
+                    cols
                 }
-                None => cols.extend(
-                    meta.attributes.iter().map(|a| a.name.clone()).filter(|c| *c != meta.primary_key),
-                ),
-            }
+                None => meta.pull_columns(),
+            };
             columns.insert(p.key(), (meta, cols));
         }
         let mut batches: Vec<Batch> = Vec::new();
+        let mut picker = Picker::default();
         for change in page.changes {
             let Some((meta, cols)) = columns.get(&change.partition) else {
                 return Err(Error::internal(format!(
@@ -139,6 +141,7 @@ impl SyncService {
             };
             let fresh = batches.last().is_none_or(|b| b.partition != change.partition);
             if fresh {
+                picker = Picker::default();
                 batches.push(Batch {
                     entity: meta.name.clone(),
                     partition: change.partition.clone(),
@@ -150,12 +153,9 @@ impl SyncService {
             }
             let Some(batch) = batches.last_mut() else { continue };
             match change.row {
-                Some(staged) => {
-                    let mut row = staged.row.values;
-                    let values: Vec<Value> =
-                        cols.iter().map(|c| row.remove(c).unwrap_or(Value::Null)).collect();
-                    batch.puts.push(values);
-                    batch.versions.push(staged.version);
+                Some(pulled) => {
+                    batch.versions.push(pulled.version());
+                    batch.puts.push(picker.pick(cols, pulled));
                 }
                 None => batch.removes.push(change.row_id),
             }
@@ -194,5 +194,82 @@ impl SyncService {
             cursor: self.inner.codec.encode(&cursor)?,
             has_more: page.more,
         })
+    }
+}
+
+/// Moves pulled rows' values into a batch's column order, mapping a row's
+/// column list once and reusing the mapping while rows share that list.
+#[derive(Default)]
+struct Picker {
+    source: Option<Arc<[ColumnName]>>,
+    /// Per batch column: its index in `source`.
+    index: Vec<Option<usize>>,
+    /// The batch's columns are `source` itself, in order.
+    identity: bool,
+}
+
+impl Picker {
+    /// `row`'s values for the columns `cols`; null for a column the row
+    /// does not have.
+    fn pick(&mut self, cols: &[ColumnName], row: PulledRow) -> Vec<Value> {
+        if !self.source.as_ref().is_some_and(|s| Arc::ptr_eq(s, row.columns())) {
+            let source = row.columns();
+            self.index = cols.iter().map(|c| source.iter().position(|x| x == c)).collect();
+            self.identity =
+                cols.len() == source.len() && self.index.iter().enumerate().all(|(i, x)| *x == Some(i));
+            self.source = Some(Arc::clone(source));
+        }
+        let mut values = row.into_values();
+        if self.identity {
+            return values;
+        }
+        self.index
+            .iter()
+            .map(|i| match i.and_then(|i| values.get_mut(i)) {
+                Some(v) => std::mem::replace(v, Value::Null),
+                None => Value::Null,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::ids::Seq;
+
+    fn cols(names: &[&str]) -> Vec<ColumnName> {
+        names.iter().map(|n| ColumnName::new(*n).unwrap()).collect()
+    }
+
+    fn row(columns: &Arc<[ColumnName]>, values: &[i64]) -> PulledRow {
+        PulledRow::new(Arc::clone(columns), values.iter().map(|v| Value::Integer(*v)).collect(), Seq(1))
+            .unwrap()
+    }
+
+    #[test]
+    fn picker_moves_values_into_the_batch_order() {
+        let source: Arc<[ColumnName]> = cols(&["id", "a", "b"]).into();
+        let mut picker = Picker::default();
+        let all = cols(&["id", "a", "b"]);
+        assert_eq!(picker.pick(&all, row(&source, &[1, 2, 3])), row(&source, &[1, 2, 3]).into_values());
+        let mut picker = Picker::default();
+        let subset = cols(&["id", "b", "missing"]);
+        assert_eq!(
+            picker.pick(&subset, row(&source, &[1, 2, 3])),
+            vec![Value::Integer(1), Value::Integer(3), Value::Null]
+        );
+        assert_eq!(
+            picker.pick(&subset, row(&source, &[4, 5, 6])),
+            vec![Value::Integer(4), Value::Integer(6), Value::Null]
+        );
+        // A row over another column list (a schema change mid-page) is mapped anew.
+        let other: Arc<[ColumnName]> = cols(&["b", "id"]).into();
+        assert_eq!(
+            picker.pick(&subset, row(&other, &[7, 8])),
+            vec![Value::Integer(8), Value::Integer(7), Value::Null]
+        );
     }
 }
