@@ -74,9 +74,9 @@ pub(crate) fn decode(ty: &AttributeType, column: &str, v: ValueRef<'_>) -> R<Val
         (AttributeType::Integer, ValueRef::Integer(i)) => Some(Value::Integer(i)),
         (AttributeType::Float, ValueRef::Real(f)) => Some(Value::Float(f)),
         (AttributeType::Boolean, ValueRef::Integer(i @ (0 | 1))) => Some(Value::Boolean(i == 1)),
-        (AttributeType::Decimal, ValueRef::Text(t)) => {
-            std::str::from_utf8(t).ok().and_then(|s| s.parse::<Decimal>().ok()).map(Value::Decimal)
-        }
+        (AttributeType::Decimal, ValueRef::Text(t)) => plain_decimal(t)
+            .or_else(|| std::str::from_utf8(t).ok()?.parse::<Decimal>().ok())
+            .map(Value::Decimal),
         (AttributeType::DateTime, ValueRef::Text(t)) => {
             std::str::from_utf8(t).ok().and_then(parse_datetime).map(Value::DateTime)
         }
@@ -102,6 +102,40 @@ pub(crate) fn decode(ty: &AttributeType, column: &str, v: ValueRef<'_>) -> R<Val
         }
     };
     loose.coerce(ty).map_err(|e| StoreError::Corrupt(format!("column '{column}': {e}")))
+}
+
+/// The fast path of decoding a stored decimal: `-?D+(.D+)?` with at most
+/// 18 digits (the form this crate writes for all but huge values) parses
+/// to the same mantissa and scale as `Decimal::from_str`; `None` for
+/// anything else, and for a negative zero, which the general parser keeps.
+fn plain_decimal(t: &[u8]) -> Option<Decimal> {
+    let (negative, body) = match t {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, t),
+    };
+    if body.is_empty() || body.len() > 19 {
+        return None;
+    }
+    let (mut mantissa, mut digits, mut scale) = (0i64, 0u32, None);
+    for (i, &c) in body.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                if digits == 18 {
+                    return None;
+                }
+                mantissa = mantissa * 10 + i64::from(c - b'0');
+                digits += 1;
+            }
+            b'.' if scale.is_none() && i > 0 && i + 1 < body.len() => {
+                scale = Some((body.len() - i - 1) as u32)
+            }
+            _ => return None,
+        }
+    }
+    if negative && mantissa == 0 {
+        return None;
+    }
+    Some(Decimal::new(if negative { -mantissa } else { mantissa }, scale.unwrap_or(0)))
 }
 
 /// Connection settings shared by every database this crate opens.
@@ -163,6 +197,31 @@ pub(crate) fn from_millis(ms: i64) -> std::time::SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_decimals_parse_as_the_general_parser_does() {
+        for text in ["0", "7", "-7", "1234.5", "-0.001", "0.10", "999999999999999999", "-12345678901234567.8"]
+        {
+            let fast = plain_decimal(text.as_bytes()).unwrap();
+            let general: Decimal = text.parse().unwrap();
+            assert_eq!((fast.mantissa(), fast.scale()), (general.mantissa(), general.scale()), "{text}");
+        }
+        for text in
+            ["", "-", "-0", "-0.0", ".5", "5.", "1.2.3", "+1", "1e5", " 1", "1234567890123456789", "1_000"]
+        {
+            assert_eq!(plain_decimal(text.as_bytes()), None, "{text:?} takes the general path");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_decimals_agree_with_from_str(text in "-?[0-9]{1,20}(\\.[0-9]{1,20})?") {
+            if let Some(fast) = plain_decimal(text.as_bytes()) {
+                let general: Decimal = text.parse().unwrap();
+                proptest::prop_assert_eq!((fast.mantissa(), fast.scale()), (general.mantissa(), general.scale()));
+            }
+        }
+    }
 
     #[test]
     fn quotes_identifiers() {

@@ -147,9 +147,14 @@ impl Table {
     /// Selects the membership entries of one partition in an entry-id
     /// range (`?1` exclusive, `?2` inclusive), in seq order,
     /// each with its row of this table (null columns for removes).
-    /// Columns: seq, removed, row_id, then the select list.
+    /// Columns: seq, removed, row_id, then the select list without the
+    /// membership references (what [`Table::decode_pulled`] reads).
     pub(crate) fn pull_join_sql(&self) -> String {
-        let cols: Vec<String> = self.select_list.split(", ").map(|c| format!("t.{c}")).collect();
+        let cols: Vec<String> = std::iter::once(RID_COLUMN)
+            .chain(self.meta.attributes.iter().map(|a| a.name.as_str()))
+            .chain(std::iter::once(VERSION_COLUMN))
+            .map(|c| format!("t.{}", quote(c)))
+            .collect();
         format!(
             "SELECT m.id & {}, m.removed, m.row_id, {} FROM _sync_membership m \
              LEFT JOIN {} t ON t.{} = m.rid AND m.removed = 0 \
@@ -265,20 +270,14 @@ impl Table {
 
     /// Decodes a row selected with this table's select list.
     pub(crate) fn decode_row(&self, r: &rusqlite::Row<'_>) -> R<Stored> {
-        self.decode_at(r, 0, true)
-    }
-
-    /// Decodes this table's select list starting at column `at`; the
-    /// membership references only `with_parts` (pulls do not need them).
-    pub(crate) fn decode_at(&self, r: &rusqlite::Row<'_>, at: usize, with_parts: bool) -> R<Stored> {
-        let rid: i64 = r.get(at)?;
+        let rid: i64 = r.get(0)?;
         let attrs = &self.meta.attributes;
         // Decoded straight into the map, in name order (each insert lands at
         // the end of the one leaf); names are shared, so cloning one is cheap.
         let mut values = std::collections::BTreeMap::new();
         for &i in &self.by_name {
             let a = &attrs[i];
-            values.insert(a.name.clone(), decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?);
+            values.insert(a.name.clone(), decode(&a.ty, a.name.as_str(), r.get_ref(i + 1)?)?);
         }
         let id = match values.get(&attrs[self.key_index].name) {
             Some(v) if !v.is_null() => {
@@ -286,10 +285,10 @@ impl Table {
             }
             _ => return Err(StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name))),
         };
-        let n = at + attrs.len();
+        let n = attrs.len();
         let version: i64 = r.get(n + 1)?;
         let parts = match r.get_ref(n + 2)? {
-            rusqlite::types::ValueRef::Text(t) if with_parts => {
+            rusqlite::types::ValueRef::Text(t) => {
                 Parts::parse(std::str::from_utf8(t).map_err(|e| StoreError::Corrupt(e.to_string()))?)?
             }
             _ => Parts::default(),
@@ -302,8 +301,8 @@ impl Table {
         &self.pull_columns
     }
 
-    /// Decodes this table's select list starting at column `at` into a
-    /// pulled row (values in pull order, no map) and its id.
+    /// Decodes the columns of [`Table::pull_join_sql`] from its rid at
+    /// column `at` on into a pulled row (values in pull order, no map) and its id.
     pub(crate) fn decode_pulled(&self, r: &rusqlite::Row<'_>, at: usize) -> R<(RowId, PulledRow)> {
         let attrs = &self.meta.attributes;
         let mut values = Vec::with_capacity(attrs.len());
