@@ -64,6 +64,12 @@
 //!   per org and seq order is commit order; a pull reads in one snapshot.
 //! * **Never blocks the runtime**: every SQLite call runs on tokio's
 //!   blocking pool.
+//! * **Checkpoints beside the writer**: an org's WAL is copied back into
+//!   its database by a background task once it holds
+//!   [`StoreOptions::wal_autocheckpoint`] pages, on a connection of its own
+//!   (`PASSIVE`: it waits for nobody), so a commit never pays for it; the
+//!   writer checkpoints itself only at four times that, which bounds the
+//!   `-wal` file.
 //! * **Bounded resources**: at most [`StoreOptions::max_open_orgs`] org
 //!   databases stay open (least recently used ones are closed), so thousands
 //!   of orgs fit within a file-descriptor limit.
@@ -90,11 +96,12 @@
 //! lists the other knobs). Where the time goes: a change page is one
 //! transaction, so random keys make each commit write (to the WAL, then
 //! again at checkpoints) most pages of the key index, which a single raw
-//! transaction writes once — the commit is a third or more of ingest CPU
-//! at a million rows, none of it fsync on the commit itself; each row costs
-//! a membership entry per partition, and an update replaces those entries,
+//! transaction writes once (checkpoints run beside the writer, so that cost
+//! is off the commit path, but the WAL writes are not); each row costs a
+//! membership entry per partition, and an update replaces those entries,
 //! deleting the old ones at scattered places of the log; and a pulled row
-//! is decoded into a typed `sync-core` [`Row`](sync_core::Row).
+//! is decoded into typed values, in a [`PulledRow`](sync_core::PulledRow)
+//! whose column list is shared by every row of the page.
 //!
 //! ## Example
 //!

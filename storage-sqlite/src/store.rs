@@ -1,10 +1,11 @@
 //! [`SqliteStagingStore`]: the control database, the org handles and the
 //! bounded cache of open org databases.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,11 +60,16 @@ pub struct StoreOptions {
     /// Bytes of each database file SQLite may memory-map (`PRAGMA
     /// mmap_size`); 0 (the default) turns memory mapping off.
     pub mmap_size: u64,
-    /// WAL pages after which a commit copies the WAL back into the
-    /// database (`PRAGMA wal_autocheckpoint`). Larger values make commits
-    /// of large change pages cheaper (a page rewritten by several commits
-    /// is copied once) at the price of a larger `-wal` file. Default 10,000
-    /// pages (about 40 MB).
+    /// WAL pages after which an org's WAL is copied back into its database.
+    /// For org databases that copy (a checkpoint) runs in the background,
+    /// beside the writer; only at four times this many pages does the
+    /// writer checkpoint itself, which bounds the `-wal` file. The control
+    /// database checkpoints inside the commit (`PRAGMA wal_autocheckpoint`).
+    /// Larger values make commits of large change pages cheaper (a page
+    /// rewritten by several commits is copied once) at the price of a
+    /// larger `-wal` file; 0 turns checkpoints off but for the one SQLite
+    /// runs when the last connection closes. Default 10,000 pages (about
+    /// 40 MB).
     pub wal_autocheckpoint: u32,
 }
 
@@ -110,27 +116,90 @@ where
     }
 }
 
+thread_local! {
+    /// Frames in the WAL after the last commit of an org writer on this
+    /// thread, as SQLite reported them to [`note_wal_frames`].
+    static WAL_FRAMES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// The WAL hook of org writers: replaces SQLite's autocheckpoint (which
+/// copies the WAL back inside the commit that crossed the threshold) with a
+/// note of the WAL's size, which [`OrgDb::with_writer`] acts on.
+fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|c| c.set(frames));
+    Ok(())
+}
+
+/// Makes `conn` an org writer: its commits no longer checkpoint.
+fn as_writer(conn: Connection) -> Connection {
+    conn.wal_hook(Some(note_wal_frames));
+    conn
+}
+
 /// One org's open connections: a writer (all writes of the org go through it,
 /// one at a time, each in a `BEGIN IMMEDIATE` transaction) and a few idle
 /// readers (reads run concurrently on WAL snapshots).
+///
+/// Checkpoints run in the background: once a commit leaves at least
+/// `wal_autocheckpoint` frames in the WAL, a task on the blocking pool
+/// copies them back with its own connection (`PASSIVE`, so it never blocks
+/// the writer or readers) while the writer goes on. Only when the WAL
+/// reaches four times that (the background cannot keep up, or a reader
+/// holds an old snapshot) does the writer checkpoint itself, which bounds
+/// the WAL.
 struct OrgDb {
     path: PathBuf,
     settings: ConnSettings,
     writer: Mutex<Option<Connection>>,
     readers: Mutex<Vec<Connection>>,
     max_idle_readers: usize,
+    /// A background checkpoint is queued or running.
+    checkpointing: AtomicBool,
     /// Counts the org's live connection sets (see [`OrgShared::alive`]).
     _alive: Arc<()>,
 }
 
 impl OrgDb {
-    fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> R<T>) -> R<T> {
+    fn with_writer<T>(self: &Arc<Self>, f: impl FnOnce(&mut Connection) -> R<T>) -> R<T> {
         let mut guard = lock(&self.writer);
         let conn = match guard.as_mut() {
             Some(c) => c,
-            None => guard.insert(open_org(&self.path, &self.settings, false)?),
+            None => guard.insert(as_writer(open_org(&self.path, &self.settings, false)?)),
         };
-        f(conn)
+        WAL_FRAMES.with(|c| c.set(0));
+        let out = f(conn);
+        let frames = u32::try_from(WAL_FRAMES.with(|c| c.replace(0))).unwrap_or(0);
+        let threshold = self.settings.wal_autocheckpoint;
+        if threshold > 0 && frames >= threshold.saturating_mul(4) {
+            tracing::debug!(path = %self.path.display(), frames, "the writer checkpoints the WAL itself");
+            if let Err(e) = checkpoint(conn) {
+                tracing::warn!(path = %self.path.display(), error = %e, "checkpoint failed");
+            }
+        } else if threshold > 0 && frames >= threshold && !self.checkpointing.swap(true, Ordering::AcqRel) {
+            let db = Arc::clone(self);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || db.checkpoint_in_background())),
+                Err(_) => db.checkpoint_in_background(),
+            }
+        }
+        out
+    }
+
+    /// Copies the WAL back into the database on a connection of its own.
+    fn checkpoint_in_background(&self) {
+        let started = Instant::now();
+        let result = open_org(&self.path, &self.settings, false).and_then(|c| checkpoint(&c));
+        self.checkpointing.store(false, Ordering::Release);
+        match result {
+            Ok((frames, copied)) => tracing::debug!(
+                path = %self.path.display(),
+                frames,
+                copied,
+                ms = started.elapsed().as_millis() as u64,
+                "background checkpoint"
+            ),
+            Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "background checkpoint failed"),
+        }
     }
 
     fn with_reader<T>(&self, f: impl FnOnce(&mut Connection) -> R<T>) -> R<T> {
@@ -148,6 +217,12 @@ impl OrgDb {
         }
         out
     }
+}
+
+/// A `PASSIVE` checkpoint: copies what no reader still needs, waiting for
+/// nobody. Returns the frames in the WAL and how many of them are copied.
+fn checkpoint(conn: &Connection) -> R<(i64, i64)> {
+    Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?)))?)
 }
 
 fn open_org(path: &Path, settings: &ConnSettings, read_only: bool) -> R<Connection> {
@@ -281,6 +356,7 @@ impl ConnCache {
             writer: Mutex::new(None),
             readers: Mutex::new(Vec::new()),
             max_idle_readers: readers,
+            checkpointing: AtomicBool::new(false),
             _alive: shared.alive.clone(),
         });
         self.map.insert(shared.id.clone(), (db.clone(), self.tick));
@@ -340,7 +416,7 @@ impl Inner {
         let (db, evicted) = lock(&self.cache).get(&shared, &self.settings, self.options.readers_per_org);
         let mut slot = lock(&db.writer);
         if slot.is_none() {
-            *slot = Some(writer);
+            *slot = Some(as_writer(writer));
         }
         drop(slot);
         drop(evicted);

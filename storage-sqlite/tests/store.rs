@@ -986,3 +986,70 @@ async fn up_to_date_pollers_converge_while_a_writer_commits() {
     assert_eq!((caught_up.head, &caught_up.checksums), (fresh.head, &fresh.checksums));
     assert_eq!(fresh.head, staging.head().await.unwrap());
 }
+
+/// Frames in a WAL file of 4 KiB pages (its size is its high-water mark:
+/// SQLite rewrites a WAL from the start after a complete checkpoint).
+fn wal_frames(db: &std::path::Path) -> u64 {
+    let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+    std::fs::metadata(wal).map(|m| m.len().saturating_sub(32) / (4096 + 24)).unwrap_or(0)
+}
+
+/// Rows of `account` in the main database file alone (a copy without its
+/// WAL), or `None` while a checkpoint is midway through writing it.
+fn rows_in_main_file(db: &std::path::Path, scratch: &std::path::Path) -> Option<i64> {
+    std::fs::copy(db, scratch).ok()?;
+    let conn = rusqlite::Connection::open(scratch).ok()?;
+    conn.query_row("SELECT count(*) FROM account", [], |r| r.get(0)).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_beside_the_writer_and_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let threshold = 64;
+    let options = StoreOptions { wal_autocheckpoint: threshold, ..StoreOptions::default() };
+    let store = open_store(dir.path(), options).await;
+    store.create_org(&org_config("contoso")).await.unwrap();
+    let staging = store.org(&org_id("contoso")).await.unwrap();
+    staging.apply_schema(&account_meta()).await.unwrap();
+    let db = store.org_path(&org_id("contoso"));
+    let scratch = dir.path().join("copy.sqlite");
+    let _ = rows_in_main_file(&db, &scratch); // the copy's layout exists from here on
+
+    // Pages until the WAL crosses the threshold: the writer hands the
+    // checkpoint to the background and goes on, so until then (and below the
+    // writer's own limit of four times the threshold) the main file holds
+    // no row, and afterwards it fills without another write.
+    let mut written = 0u64;
+    while wal_frames(&db) < u64::from(threshold) {
+        let rows = (written..written + 50).map(|i| account_row(i, 0, 4)).collect();
+        written += 50;
+        staging.apply_changes(&entity("account"), &page(rows, vec![], "a")).await.unwrap();
+        assert!(written <= 5_000, "the WAL never reached {threshold} frames");
+    }
+    let frames = wal_frames(&db);
+    assert!(
+        frames < 4 * u64::from(threshold),
+        "one page wrote {frames} frames: the test needs smaller pages"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if rows_in_main_file(&db, &scratch).is_some_and(|n| n > 0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no background checkpoint reached the main file");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Written back to back, pages never let the WAL outgrow the writer's
+    // limit by more than one page's frames.
+    let mut largest_page = 0;
+    for round in 0..80u64 {
+        let before = wal_frames(&db);
+        let rows = (round * 50..round * 50 + 50).map(|i| account_row(i, round + 1, 4)).collect();
+        staging.apply_changes(&entity("account"), &page(rows, vec![], "b")).await.unwrap();
+        largest_page = largest_page.max(wal_frames(&db).saturating_sub(before));
+    }
+    let bound = 4 * u64::from(threshold) + largest_page.max(frames);
+    assert!(wal_frames(&db) <= bound, "the WAL grew to {} frames (bound {bound})", wal_frames(&db));
+    assert_eq!(all_rows(staging.as_ref(), &entity("account")).await.len() as u64, written.max(4_000));
+}
