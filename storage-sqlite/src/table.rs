@@ -67,10 +67,15 @@ impl Table {
         let int_key = meta.attributes[key_index].ty == AttributeType::Integer;
         let mut by_name: Vec<usize> = (0..meta.attributes.len()).collect();
         by_name.sort_by(|a, b| meta.attributes[*a].name.cmp(&meta.attributes[*b].name));
-        let pull_order: Vec<usize> = std::iter::once(key_index)
-            .chain((0..meta.attributes.len()).filter(|i| *i != key_index))
-            .collect();
-        let pull_columns = pull_order.iter().map(|&i| meta.attributes[i].name.clone()).collect();
+        let pull_columns: Arc<[ColumnName]> = meta.pull_columns().into();
+        let pull_order = pull_columns
+            .iter()
+            .map(|c| {
+                meta.attributes.iter().position(|a| a.name == *c).ok_or_else(|| {
+                    StoreError::Corrupt(format!("entity '{}' has no attribute '{c}'", meta.name))
+                })
+            })
+            .collect::<R<Vec<usize>>>()?;
         let name = quote(meta.name.as_str());
         let key = quote(meta.attributes[key_index].name.as_str());
         let rid = quote(RID_COLUMN);
@@ -279,12 +284,7 @@ impl Table {
             let a = &attrs[i];
             values.insert(a.name.clone(), decode(&a.ty, a.name.as_str(), r.get_ref(i + 1)?)?);
         }
-        let id = match values.get(&attrs[self.key_index].name) {
-            Some(v) if !v.is_null() => {
-                RowId::new(canonical_key_text(v)).map_err(|e| StoreError::Corrupt(e.to_string()))?
-            }
-            _ => return Err(StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name))),
-        };
+        let id = self.row_id_of(values.get(&attrs[self.key_index].name))?;
         let n = attrs.len();
         let version: i64 = r.get(n + 1)?;
         let parts = match r.get_ref(n + 2)? {
@@ -294,6 +294,16 @@ impl Table {
             _ => Parts::default(),
         };
         Ok(Stored { rid, staged: StagedRow { row: Row { id, values }, version: seq_of(version)? }, parts })
+    }
+
+    /// The id of a decoded row from its key value; `Corrupt` without one.
+    fn row_id_of(&self, key: Option<&sync_core::Value>) -> R<RowId> {
+        match key {
+            Some(v) if !v.is_null() => {
+                RowId::new(canonical_key_text(v)).map_err(|e| StoreError::Corrupt(e.to_string()))
+            }
+            _ => Err(StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name))),
+        }
     }
 
     /// The columns of the rows [`Table::decode_pulled`] builds.
@@ -310,12 +320,7 @@ impl Table {
             let a = &attrs[i];
             values.push(decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?);
         }
-        let id = match values.first() {
-            Some(v) if !v.is_null() => {
-                RowId::new(canonical_key_text(v)).map_err(|e| StoreError::Corrupt(e.to_string()))?
-            }
-            _ => return Err(StoreError::Corrupt(format!("a row of '{}' has no key", self.meta.name))),
-        };
+        let id = self.row_id_of(values.first())?;
         let version = seq_of(r.get(at + attrs.len() + 1)?)?;
         let row = PulledRow::new(Arc::clone(&self.pull_columns), values, version)
             .ok_or_else(|| StoreError::Corrupt(format!("a row of '{}' lost a column", self.meta.name)))?;
