@@ -341,13 +341,14 @@ async fn upsert_rows(c: &mut Conn, schema: &str, meta: &EntityMetadata, rows: &[
 }
 
 /// Stages one change page (see [`OrgStaging::apply_changes`]).
-async fn stage_page(c: &mut Conn, tx: &mut Tx, entity: &EntityName, page: &ChangePage) -> R<ApplyOutcome> {
+async fn stage_page(c: &mut Conn, tx: &mut Tx, entity: &EntityName, page: ChangePage) -> R<ApplyOutcome> {
     let schema = tx.schema.clone();
     let meta = require_schema(c, &schema, entity).await?;
     let mut rows = Vec::with_capacity(page.upserts.len());
-    for row in &page.upserts {
-        let context = |e: Error| Error::invalid(format!("entity '{entity}', row '{}': {e}", row.id));
-        let checked = meta.check_row(row.clone()).map_err(context)?;
+    for row in page.upserts {
+        let id = row.id.clone();
+        let context = |e: Error| Error::invalid(format!("entity '{entity}', row '{id}': {e}"));
+        let checked = meta.check_row(row).map_err(context)?;
         let checked = values::normalize_row(checked).map_err(context)?;
         check_row_id(entity, &checked.id)?;
         rows.push(checked);
@@ -427,9 +428,8 @@ async fn stage_page(c: &mut Conn, tx: &mut Tx, entity: &EntityName, page: &Chang
         execute(c, &sql::delete_rows(&schema, entity.as_str(), part.len())?, &params).await?;
     }
     membership.flush(c, &schema).await?;
-    if let Some(token) = &page.next_token {
-        execute(c, &sql::put_token(&schema)?, &[Param::text(entity.as_str()), Param::text(token.0.clone())])
-            .await?;
+    if let Some(token) = page.next_token {
+        execute(c, &sql::put_token(&schema)?, &[Param::text(entity.as_str()), Param::text(token.0)]).await?;
     }
     outcome.head = tx.head;
     Ok(outcome)
@@ -1203,7 +1203,7 @@ impl OrgStaging for SqlServerOrgStaging {
         .await
     }
 
-    async fn apply_changes(&self, entity: &EntityName, page: &ChangePage) -> Result<ApplyOutcome> {
+    async fn apply_changes(&self, entity: &EntityName, page: ChangePage) -> Result<ApplyOutcome> {
         self.write(async |c, tx| stage_page(c, tx, entity, page).await).await
     }
 

@@ -125,13 +125,13 @@ mod server {
                 for i in 0..40u64 {
                     let n = w * 1000 + i;
                     let page = ChangePage { upserts: vec![row(n, w)], ..ChangePage::default() };
-                    staging.apply_changes(&task(), &page).await.unwrap();
+                    staging.apply_changes(&task(), page).await.unwrap();
                     if i % 4 == 3 {
                         let page = ChangePage {
                             deletes: vec![RowId::new((n - 1).to_string()).unwrap()],
                             ..Default::default()
                         };
-                        staging.apply_changes(&task(), &page).await.unwrap();
+                        staging.apply_changes(&task(), page).await.unwrap();
                     }
                 }
             }));
@@ -168,7 +168,7 @@ mod server {
         rx.borrow_and_update();
         let writer = stores[0].org(&org).await.unwrap();
         let out = writer
-            .apply_changes(&task(), &ChangePage { upserts: vec![row(1, 0)], ..ChangePage::default() })
+            .apply_changes(&task(), ChangePage { upserts: vec![row(1, 0)], ..ChangePage::default() })
             .await
             .unwrap();
         tokio::time::timeout(Duration::from_secs(10), async {

@@ -163,7 +163,7 @@ fn pages(rows: Vec<Row>, page: usize, tag: &str) -> Vec<ChangePage> {
     out
 }
 
-async fn ingest(staging: &dyn sync_core::OrgStaging, pages: &[ChangePage]) -> Duration {
+async fn ingest(staging: &dyn sync_core::OrgStaging, pages: Vec<ChangePage>) -> Duration {
     let start = Instant::now();
     for p in pages {
         staging.apply_changes(&entity("account"), p).await.unwrap();
@@ -319,7 +319,7 @@ fn main() {
         n,
         timed(|| {
             rt.block_on(async {
-                ingest(s, &fresh).await;
+                ingest(s, fresh).await;
             })
         }),
     );
@@ -332,7 +332,7 @@ fn main() {
         n,
         timed(|| {
             rt.block_on(async {
-                ingest(s, &updated).await;
+                ingest(s, updated).await;
             })
         }),
     );

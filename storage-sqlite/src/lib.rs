@@ -151,7 +151,7 @@
 //!     next_token: Some(ChangeToken("t1".into())),
 //!     ..ChangePage::default()
 //! };
-//! let outcome = staging.apply_changes(&account, &page).await.unwrap();
+//! let outcome = staging.apply_changes(&account, page).await.unwrap();
 //! assert_eq!(outcome.upserted, 1);
 //! assert_eq!(staging.source_token(&account).await.unwrap(), Some(ChangeToken("t1".into())));
 //!

@@ -879,9 +879,8 @@ impl OrgStaging for SqliteOrgStaging {
         Ok(())
     }
 
-    async fn apply_changes(&self, entity: &EntityName, page: &ChangePage) -> Result<ApplyOutcome> {
+    async fn apply_changes(&self, entity: &EntityName, page: ChangePage) -> Result<ApplyOutcome> {
         let entity = entity.clone();
-        let page = page.clone();
         let outcome = self.write(move |c| org_db::apply_changes(c, &entity, page)).await?;
         self.shared.advance(outcome.head);
         Ok(outcome)

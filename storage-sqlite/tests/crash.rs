@@ -92,7 +92,7 @@ fn crash_child() {
         let ingest = tokio::spawn(async move {
             loop {
                 let k = page_of(staging.source_token(&entity("account")).await.unwrap()) + 1;
-                staging.apply_changes(&entity("account"), &crash_page(k)).await.unwrap();
+                staging.apply_changes(&entity("account"), crash_page(k)).await.unwrap();
             }
         });
         let consume = tokio::spawn(async move {

@@ -35,7 +35,7 @@ async fn provision(store: &SqliteStagingStore, i: usize) {
         next_token: Some(ChangeToken(format!("t{i}"))),
         more: false,
     };
-    let out = staging.apply_changes(&entity("account"), &page).await.unwrap();
+    let out = staging.apply_changes(&entity("account"), page).await.unwrap();
     assert_eq!(out.upserted, 1);
 }
 

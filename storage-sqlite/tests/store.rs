@@ -89,7 +89,7 @@ async fn tables_are_typed_and_readable_with_plain_sql() {
     let dir = tempfile::tempdir().unwrap();
     let (store, staging) = setup(dir.path()).await;
     let rows: Vec<Row> = (0..5).map(|i| account_row(i, 0, 3)).collect();
-    staging.apply_changes(&entity("account"), &page(rows.clone(), vec![], "t1")).await.unwrap();
+    staging.apply_changes(&entity("account"), page(rows.clone(), vec![], "t1")).await.unwrap();
 
     let conn = rusqlite::Connection::open(store.org_path(&org_id("contoso"))).unwrap();
     let types: Vec<(String, String)> = conn
@@ -171,7 +171,7 @@ async fn schema_evolution_keeps_converting_values() {
         ),
         Row::new(RowId::new("10").unwrap(), [(col("code"), Value::Null), (col("gone"), Value::from("bye"))]),
     ];
-    staging.apply_changes(&e, &page(rows, vec![], "t")).await.unwrap();
+    staging.apply_changes(&e, page(rows, vec![], "t")).await.unwrap();
     let before = staging.row(&e, &RowId::new("2").unwrap()).await.unwrap().unwrap().version;
 
     // Add a column and drop one: ALTER TABLE, values kept, versions kept.
@@ -271,7 +271,7 @@ async fn reserved_and_clashing_names_are_refused() {
     .unwrap();
     staging.apply_schema(&meta).await.unwrap();
     let row = Row::new(RowId::new("a'b\"c; drop table x").unwrap(), [(col("where"), Value::Integer(1))]);
-    staging.apply_changes(&entity("select"), &page(vec![row.clone()], vec![], "t")).await.unwrap();
+    staging.apply_changes(&entity("select"), page(vec![row.clone()], vec![], "t")).await.unwrap();
     assert_eq!(
         staging.row(&entity("select"), &row.id).await.unwrap().unwrap().row.values[&col("where")],
         Value::Integer(1)
@@ -286,14 +286,14 @@ async fn ingestion_membership_and_pull() {
     staging.put_profile(&profile).await.unwrap();
     let account = entity("account");
     let rows: Vec<Row> = (0..200).map(|i| account_row(i, 0, 4)).collect();
-    let out = staging.apply_changes(&account, &page(rows.clone(), vec![], "t1")).await.unwrap();
+    let out = staging.apply_changes(&account, page(rows.clone(), vec![], "t1")).await.unwrap();
     assert_eq!((out.upserted, out.deleted, out.unchanged), (200, 0, 0));
     assert_eq!(out.head, Seq(200));
     assert_eq!(*staging.watch_head().borrow(), Seq(200));
     assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
 
     // Identical upserts: no new seq.
-    let out = staging.apply_changes(&account, &page(rows[..10].to_vec(), vec![], "t2")).await.unwrap();
+    let out = staging.apply_changes(&account, page(rows[..10].to_vec(), vec![], "t2")).await.unwrap();
     assert_eq!((out.upserted, out.unchanged, out.head), (0, 10, Seq(200)));
     assert_eq!(staging.source_token(&account).await.unwrap(), Some(ChangeToken("t2".into())));
 
@@ -302,7 +302,7 @@ async fn ingestion_membership_and_pull() {
     let deleted: Vec<RowId> = (150..160).map(|i| account_row(i, 0, 4).id).collect();
     let unknown = RowId::new(row_uuid(9999).to_string()).unwrap();
     let out = staging
-        .apply_changes(&account, &page(moved, [deleted.clone(), vec![unknown]].concat(), "t3"))
+        .apply_changes(&account, page(moved, [deleted.clone(), vec![unknown]].concat(), "t3"))
         .await
         .unwrap();
     assert_eq!((out.upserted, out.deleted), (50, 10));
@@ -412,21 +412,21 @@ async fn invalid_pages_change_nothing() {
     staging.put_profile(&sales_profile()).await.unwrap();
     let account = entity("account");
     staging
-        .apply_changes(&account, &page((0..5).map(|i| account_row(i, 0, 2)).collect(), vec![], "t1"))
+        .apply_changes(&account, page((0..5).map(|i| account_row(i, 0, 2)).collect(), vec![], "t1"))
         .await
         .unwrap();
     let mut bad = account_row(7, 0, 2);
     bad.values.insert(col("numberofemployees"), Value::from("many"));
     let rows = vec![account_row(5, 0, 2), bad];
-    let err = staging.apply_changes(&account, &page(rows, vec![], "t2")).await.unwrap_err();
+    let err = staging.apply_changes(&account, page(rows, vec![], "t2")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     let err =
-        staging.apply_changes(&account, &page(vec![], vec![RowId::new("not-a-uuid").unwrap()], "t2")).await;
+        staging.apply_changes(&account, page(vec![], vec![RowId::new("not-a-uuid").unwrap()], "t2")).await;
     assert_eq!(err.unwrap_err().kind(), ErrorKind::InvalidInput);
     assert_eq!(staging.head().await.unwrap(), Seq(5));
     assert_eq!(staging.source_token(&account).await.unwrap(), Some(ChangeToken("t1".into())));
     assert!(staging.row(&account, &account_row(5, 0, 2).id).await.unwrap().is_none());
-    let err = staging.apply_changes(&entity("contact"), &page(vec![], vec![], "t")).await.unwrap_err();
+    let err = staging.apply_changes(&entity("contact"), page(vec![], vec![], "t")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert_eq!(staging.source_token(&entity("contact")).await.unwrap(), None);
     // A profile that does not compile changes nothing either.
@@ -443,7 +443,7 @@ async fn profile_changes_recompute_membership() {
     let (store, staging) = setup(dir.path()).await;
     let account = entity("account");
     staging
-        .apply_changes(&account, &page((0..100).map(|i| account_row(i, 0, 3)).collect(), vec![], "t"))
+        .apply_changes(&account, page((0..100).map(|i| account_row(i, 0, 3)).collect(), vec![], "t"))
         .await
         .unwrap();
     let head = staging.head().await.unwrap();
@@ -523,7 +523,7 @@ async fn data_survives_reopen_and_drop_removes_files() {
         staging
             .apply_changes(
                 &entity("account"),
-                &page((0..20).map(|i| account_row(i, 0, 2)).collect(), vec![], "t"),
+                page((0..20).map(|i| account_row(i, 0, 2)).collect(), vec![], "t"),
             )
             .await
             .unwrap();
@@ -603,7 +603,7 @@ async fn unchanged_rows_are_recognised_in_stored_form_for_every_type() {
         tag.to_string(),
         serde_json::json!({"a": [1, 2], "b": null}),
     );
-    let out = staging.apply_changes(&entity("gadget"), &page(vec![first], vec![], "t1")).await.unwrap();
+    let out = staging.apply_changes(&entity("gadget"), page(vec![first], vec![], "t1")).await.unwrap();
     assert_eq!(out.upserted, 1);
     // The same values spelled differently: unchanged.
     let same = row(
@@ -613,7 +613,7 @@ async fn unchanged_rows_are_recognised_in_stored_form_for_every_type() {
         tag.to_string().to_uppercase(),
         serde_json::json!({"b": null, "a": [1, 2]}),
     );
-    let out = staging.apply_changes(&entity("gadget"), &page(vec![same], vec![], "t2")).await.unwrap();
+    let out = staging.apply_changes(&entity("gadget"), page(vec![same], vec![], "t2")).await.unwrap();
     assert_eq!((out.upserted, out.unchanged), (0, 1), "equal values in other spellings are unchanged");
     // Any one value changed: a new version.
     let changes = [
@@ -654,7 +654,7 @@ async fn unchanged_rows_are_recognised_in_stored_form_for_every_type() {
         ),
     ];
     for (i, changed) in changes.into_iter().enumerate() {
-        let out = staging.apply_changes(&entity("gadget"), &page(vec![changed], vec![], "t3")).await.unwrap();
+        let out = staging.apply_changes(&entity("gadget"), page(vec![changed], vec![], "t3")).await.unwrap();
         assert_eq!((out.upserted, out.unchanged), (1, 0), "change {i} is a change");
     }
     let mut nulled = row(
@@ -666,9 +666,9 @@ async fn unchanged_rows_are_recognised_in_stored_form_for_every_type() {
     );
     nulled.values.insert(col("label"), Value::Null);
     let out =
-        staging.apply_changes(&entity("gadget"), &page(vec![nulled.clone()], vec![], "t4")).await.unwrap();
+        staging.apply_changes(&entity("gadget"), page(vec![nulled.clone()], vec![], "t4")).await.unwrap();
     assert_eq!((out.upserted, out.unchanged), (1, 0), "a value becoming null is a change");
-    let out = staging.apply_changes(&entity("gadget"), &page(vec![nulled], vec![], "t5")).await.unwrap();
+    let out = staging.apply_changes(&entity("gadget"), page(vec![nulled], vec![], "t5")).await.unwrap();
     assert_eq!((out.upserted, out.unchanged), (0, 1));
 }
 
@@ -702,13 +702,13 @@ async fn a_row_created_again_replaces_its_tombstones() {
         staging.put_profile(&sales_profile()).await.unwrap();
         let rows: Vec<Row> = (0..20).map(|i| account_row(i, 0, 2)).collect();
         let ids: Vec<RowId> = rows.iter().map(|r| r.id.clone()).collect();
-        staging.apply_changes(&entity("account"), &page(rows, vec![], "t1")).await.unwrap();
-        staging.apply_changes(&entity("account"), &page(vec![], ids[..10].to_vec(), "t2")).await.unwrap();
+        staging.apply_changes(&entity("account"), page(rows, vec![], "t1")).await.unwrap();
+        staging.apply_changes(&entity("account"), page(vec![], ids[..10].to_vec(), "t2")).await.unwrap();
         assert!(log_entries(&path).values().any(|e| e == &[true]), "deletes leave tombstones");
         // Created again, some in other partitions than before (generation 1
         // moves owners and states).
         let again: Vec<Row> = (0..10).map(|i| account_row(i, i % 2, 2)).collect();
-        staging.apply_changes(&entity("account"), &page(again, vec![], "t3")).await.unwrap();
+        staging.apply_changes(&entity("account"), page(again, vec![], "t3")).await.unwrap();
         for ((partition, id), ops) in log_entries(&path) {
             assert_eq!(ops.len(), 1, "{id} has {} entries in {partition}: {ops:?}", ops.len());
         }
@@ -723,11 +723,11 @@ async fn a_row_created_again_replaces_its_tombstones() {
     let store = open_store(dir.path(), StoreOptions::default()).await;
     let staging = store.org(&org).await.unwrap();
     let ids: Vec<RowId> = (0..20).map(|i| account_row(i, 0, 2).id).collect();
-    staging.apply_changes(&entity("account"), &page(vec![], ids[5..15].to_vec(), "t4")).await.unwrap();
+    staging.apply_changes(&entity("account"), page(vec![], ids[5..15].to_vec(), "t4")).await.unwrap();
     staging
         .apply_changes(
             &entity("account"),
-            &page((5..15).map(|i| account_row(i, 2, 2)).collect(), vec![], "t5"),
+            page((5..15).map(|i| account_row(i, 2, 2)).collect(), vec![], "t5"),
         )
         .await
         .unwrap();
@@ -736,7 +736,7 @@ async fn a_row_created_again_replaces_its_tombstones() {
     }
     assert_membership_recomputes(&store, &org, &account_meta()).await;
     // Purged tombstones take their graves along.
-    staging.apply_changes(&entity("account"), &page(vec![], ids.clone(), "t6")).await.unwrap();
+    staging.apply_changes(&entity("account"), page(vec![], ids.clone(), "t6")).await.unwrap();
     staging.purge_tombstones(staging.head().await.unwrap()).await.unwrap();
     let graves: i64 = rusqlite::Connection::open(&path)
         .unwrap()
@@ -746,7 +746,7 @@ async fn a_row_created_again_replaces_its_tombstones() {
     staging
         .apply_changes(
             &entity("account"),
-            &page((0..20).map(|i| account_row(i, 3, 2)).collect(), vec![], "t7"),
+            page((0..20).map(|i| account_row(i, 3, 2)).collect(), vec![], "t7"),
         )
         .await
         .unwrap();
@@ -779,7 +779,7 @@ async fn concurrent_writers_never_skip_a_commit() {
                     (0..20).map(|i| account_row(w * 1000 + (i + round * 7) % 60, round, 5)).collect();
                 let deletes =
                     if round % 4 == 3 { vec![account_row(w * 1000 + round, 0, 5).id] } else { vec![] };
-                staging.apply_changes(&entity("account"), &page(rows, deletes, "t")).await.unwrap();
+                staging.apply_changes(&entity("account"), page(rows, deletes, "t")).await.unwrap();
             }
         }));
     }
@@ -855,7 +855,7 @@ async fn connection_cache_stays_bounded() {
     }
     for (i, h) in handles.iter().enumerate() {
         let rows = vec![account_row(i as u64, 0, 1)];
-        h.apply_changes(&entity("account"), &page(rows, vec![], "t")).await.unwrap();
+        h.apply_changes(&entity("account"), page(rows, vec![], "t")).await.unwrap();
         assert!(store.open_orgs() <= 3);
     }
     for h in &handles {
@@ -884,7 +884,7 @@ async fn remembered_reads_follow_every_write() {
     let account = entity("account");
     let profile = sales_profile();
     a.put_profile(&profile).await.unwrap();
-    a.apply_changes(&account, &page((0..100).map(|i| account_row(i, 0, 4)).collect(), vec![], "t1"))
+    a.apply_changes(&account, page((0..100).map(|i| account_row(i, 0, 4)).collect(), vec![], "t1"))
         .await
         .unwrap();
     let keys = vec![
@@ -903,7 +903,7 @@ async fn remembered_reads_follow_every_write() {
     }
 
     // A change written through the other handle reaches this one's next pull.
-    b.apply_changes(&account, &page((0..10).map(|i| account_row(i, 1, 4)).collect(), vec![], "t2"))
+    b.apply_changes(&account, page((0..10).map(|i| account_row(i, 1, 4)).collect(), vec![], "t2"))
         .await
         .unwrap();
     let next = a.pull(&plan_at(&keys, full.head)).await.unwrap();
@@ -963,7 +963,7 @@ async fn up_to_date_pollers_converge_while_a_writer_commits() {
         tokio::spawn(async move {
             for round in 0..40u64 {
                 let rows = (0..20).map(|i| account_row(i + round, round, 4)).collect();
-                w.apply_changes(&account, &page(rows, vec![], &format!("t{round}"))).await.unwrap();
+                w.apply_changes(&account, page(rows, vec![], &format!("t{round}"))).await.unwrap();
             }
         })
     };
@@ -1023,7 +1023,7 @@ async fn the_wal_is_checkpointed_beside_the_writer_and_stays_bounded() {
     while wal_frames(&db) < u64::from(threshold) {
         let rows = (written..written + 50).map(|i| account_row(i, 0, 4)).collect();
         written += 50;
-        staging.apply_changes(&entity("account"), &page(rows, vec![], "a")).await.unwrap();
+        staging.apply_changes(&entity("account"), page(rows, vec![], "a")).await.unwrap();
         assert!(written <= 5_000, "the WAL never reached {threshold} frames");
     }
     let frames = wal_frames(&db);
@@ -1046,7 +1046,7 @@ async fn the_wal_is_checkpointed_beside_the_writer_and_stays_bounded() {
     for round in 0..80u64 {
         let before = wal_frames(&db);
         let rows = (round * 50..round * 50 + 50).map(|i| account_row(i, round + 1, 4)).collect();
-        staging.apply_changes(&entity("account"), &page(rows, vec![], "b")).await.unwrap();
+        staging.apply_changes(&entity("account"), page(rows, vec![], "b")).await.unwrap();
         largest_page = largest_page.max(wal_frames(&db).saturating_sub(before));
     }
     let bound = 4 * u64::from(threshold) + largest_page.max(frames);

@@ -256,7 +256,7 @@ async fn run(rows: u64) {
                 )
             })
             .collect();
-        staging.apply_changes(&meta.name, &ChangePage { upserts, ..ChangePage::default() }).await.unwrap();
+        staging.apply_changes(&meta.name, ChangePage { upserts, ..ChangePage::default() }).await.unwrap();
         i = end;
     }
     let ingest = started.elapsed();

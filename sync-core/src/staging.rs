@@ -208,7 +208,11 @@ pub trait OrgStaging: Send + Sync {
     /// `None` leaves the stored token as it was. Each changed row gets a new
     /// seq as its version. Errors: `NotFound` for an unstaged entity;
     /// `InvalidInput` for a row that fails the schema; nothing changes then.
-    async fn apply_changes(&self, entity: &EntityName, page: &ChangePage) -> Result<ApplyOutcome>;
+    ///
+    /// The store consumes the page, so it can move the rows to its writer
+    /// without copying them; a caller that needs anything of the page
+    /// afterwards (such as `next_token`) takes it before the call.
+    async fn apply_changes(&self, entity: &EntityName, page: ChangePage) -> Result<ApplyOutcome>;
 
     /// The committed source token of `entity` (`None` before the first page).
     async fn source_token(&self, entity: &EntityName) -> Result<Option<ChangeToken>>;

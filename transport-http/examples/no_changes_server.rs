@@ -81,7 +81,7 @@ async fn main() {
         })
         .collect();
     staging
-        .apply_changes(&account.name, &ChangePage { upserts: rows, ..ChangePage::default() })
+        .apply_changes(&account.name, ChangePage { upserts: rows, ..ChangePage::default() })
         .await
         .unwrap();
 

@@ -56,7 +56,7 @@
 //!     items: vec![ProfileItem::new(account.name.clone(), "owner eq @user.id")],
 //! }).await.unwrap();
 //! let row = Row::new(RowId::new("a1").unwrap(), [(col("owner"), Value::from("alice"))]);
-//! staging.apply_changes(&account.name, &ChangePage { upserts: vec![row], ..Default::default() }).await.unwrap();
+//! staging.apply_changes(&account.name, ChangePage { upserts: vec![row], ..Default::default() }).await.unwrap();
 //!
 //! // The router, served on a free port.
 //! let service = SyncService::builder(store, Arc::new(MemoryQueue::new()), Arc::new(MemoryConnector::new()), b"cursor key").build();

@@ -472,7 +472,7 @@ pub async fn check_org_lifecycle(store: Arc<dyn StagingStore>) {
 
     let staging = setup(&store, "contoso").await;
     assert_eq!(staging.org_id(), org_id("contoso"));
-    staging.apply_changes(&ent("account"), &upserts(vec![account(1, "A", 0, None)])).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(vec![account(1, "A", 0, None)])).await.unwrap();
 
     // Creating again replaces the configuration and keeps the data.
     let mut changed = org_config("contoso");
@@ -510,7 +510,7 @@ pub async fn check_org_lifecycle(store: Arc<dyn StagingStore>) {
         "an old handle's row() after drop",
     );
     expect_kind(
-        staging.apply_changes(&ent("account"), &upserts(vec![account(2, "B", 0, None)])).await,
+        staging.apply_changes(&ent("account"), upserts(vec![account(2, "B", 0, None)])).await,
         ErrorKind::NotFound,
         "an old handle's apply_changes() after drop",
     );
@@ -596,7 +596,7 @@ pub async fn check_schema_evolution(store: Arc<dyn StagingStore>) {
         )
     };
     staging
-        .apply_changes(&ent("product"), &upserts(vec![row("p1", "12.50", 7), row("p2", "call us", -3)]))
+        .apply_changes(&ent("product"), upserts(vec![row("p1", "12.50", 7), row("p2", "call us", -3)]))
         .await
         .unwrap();
 
@@ -637,10 +637,10 @@ pub async fn check_schema_evolution(store: Arc<dyn StagingStore>) {
     // Rows written after the change follow the new schema.
     let mut r3 = Row::new(RowId::new("p3").unwrap(), [(col("price"), Value::from("3.25"))]);
     r3.values.insert(col("barcode"), Value::from("4006381333931"));
-    staging.apply_changes(&ent("product"), &upserts(vec![r3])).await.unwrap();
+    staging.apply_changes(&ent("product"), upserts(vec![r3])).await.unwrap();
     let old_column = Row::new(RowId::new("p4").unwrap(), [(col("notes"), Value::from("x"))]);
     expect_kind(
-        staging.apply_changes(&ent("product"), &upserts(vec![old_column])).await,
+        staging.apply_changes(&ent("product"), upserts(vec![old_column])).await,
         ErrorKind::InvalidInput,
         "a row with a removed column",
     );
@@ -658,7 +658,7 @@ pub async fn check_dropped_values_reversion_rows(store: Arc<dyn StagingStore>) {
     let mut with_note = account(1, "a", 0, None);
     with_note.values.insert(col("description"), Value::from("keep me?"));
     let plain = account(2, "b", 0, None);
-    staging.apply_changes(&ent("account"), &upserts(vec![with_note, plain])).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(vec![with_note, plain])).await.unwrap();
     let v1 = staging.row(&ent("account"), &rid(1)).await.unwrap().unwrap().version;
     let v2 = staging.row(&ent("account"), &rid(2)).await.unwrap().unwrap().version;
     let head = staging.head().await.unwrap();
@@ -691,7 +691,7 @@ pub async fn check_dropped_values_reversion_rows(store: Arc<dyn StagingStore>) {
 /// be expressed; unknown entities are `NotFound`.
 pub async fn check_invalid_schema_rejected(store: Arc<dyn StagingStore>) {
     let staging = setup(&store, "contoso").await;
-    staging.apply_changes(&ent("account"), &upserts(vec![account(1, "A", 0, Some(1))])).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(vec![account(1, "A", 0, Some(1))])).await.unwrap();
     let version = staging.schema_version().await.unwrap();
     let head = staging.head().await.unwrap();
     let before_row = staging.row(&ent("account"), &rid(1)).await.unwrap();
@@ -754,7 +754,7 @@ pub async fn check_invalid_schema_rejected(store: Arc<dyn StagingStore>) {
 
     // Unknown entities.
     expect_kind(
-        staging.apply_changes(&ent("nosuchentity"), &upserts(vec![])).await,
+        staging.apply_changes(&ent("nosuchentity"), upserts(vec![])).await,
         ErrorKind::NotFound,
         "apply_changes to an unstaged entity",
     );
@@ -775,10 +775,8 @@ pub async fn check_invalid_schema_rejected(store: Arc<dyn StagingStore>) {
 pub async fn check_row_access(store: Arc<dyn StagingStore>) {
     let staging = setup(&store, "contoso").await;
     assert_eq!(staging.head().await.unwrap(), Seq::ZERO, "a fresh org's head is zero");
-    let out = staging
-        .apply_changes(&ent("account"), &upserts(vec![account(7, "Seven", 0, Some(1))]))
-        .await
-        .unwrap();
+    let out =
+        staging.apply_changes(&ent("account"), upserts(vec![account(7, "Seven", 0, Some(1))])).await.unwrap();
     assert_eq!(out.upserted, 1);
     assert!(out.head > Seq::ZERO, "a change advances the head");
     assert_eq!(staging.head().await.unwrap(), out.head, "head() equals the outcome's head");
@@ -794,7 +792,7 @@ pub async fn check_row_access(store: Arc<dyn StagingStore>) {
     assert!(staging.row(&ent("account"), &rid(8)).await.unwrap().is_none(), "an absent row is None");
 
     let rows: Vec<Row> = (100..125).map(|n| account(n, "bulk", 1, None)).collect();
-    staging.apply_changes(&ent("account"), &upserts(rows)).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(rows)).await.unwrap();
     let mut all = Vec::new();
     let mut after = None;
     loop {
@@ -823,7 +821,7 @@ pub async fn check_apply_is_atomic(store: Arc<dyn StagingStore>) {
         next_token: Some(token("t1")),
         ..ChangePage::default()
     };
-    let out = staging.apply_changes(&ent("account"), &first).await.unwrap();
+    let out = staging.apply_changes(&ent("account"), first).await.unwrap();
     let key = plain_key("all", "all", "account");
     let (before, _, _) = full_read(&staging, std::slice::from_ref(&key)).await;
 
@@ -841,7 +839,7 @@ pub async fn check_apply_is_atomic(store: Arc<dyn StagingStore>) {
             next_token: Some(token("t2")),
             more: false,
         };
-        expect_kind(staging.apply_changes(&ent("account"), &page).await, ErrorKind::InvalidInput, what);
+        expect_kind(staging.apply_changes(&ent("account"), page).await, ErrorKind::InvalidInput, what);
         assert_eq!(staging.head().await.unwrap(), out.head, "{what}: a failed page takes no seq");
         assert_eq!(
             staging.source_token(&ent("account")).await.unwrap(),
@@ -879,12 +877,12 @@ pub async fn check_source_token_commits_with_rows(store: Arc<dyn StagingStore>) 
         more: true,
         ..Default::default()
     };
-    staging.apply_changes(&ent("account"), &page).await.unwrap();
+    staging.apply_changes(&ent("account"), page).await.unwrap();
     assert_eq!(staging.source_token(&ent("account")).await.unwrap(), Some(token("t1")));
     assert!(staging.row(&ent("account"), &rid(1)).await.unwrap().is_some(), "rows commit with the token");
 
     let page = ChangePage { upserts: vec![account(2, "B", 0, None)], next_token: None, ..Default::default() };
-    staging.apply_changes(&ent("account"), &page).await.unwrap();
+    staging.apply_changes(&ent("account"), page).await.unwrap();
     assert_eq!(
         staging.source_token(&ent("account")).await.unwrap(),
         Some(token("t1")),
@@ -894,7 +892,7 @@ pub async fn check_source_token_commits_with_rows(store: Arc<dyn StagingStore>) 
 
     let page = ChangePage { next_token: Some(token("t2")), ..Default::default() };
     let head = staging.head().await.unwrap();
-    staging.apply_changes(&ent("account"), &page).await.unwrap();
+    staging.apply_changes(&ent("account"), page).await.unwrap();
     assert_eq!(staging.source_token(&ent("account")).await.unwrap(), Some(token("t2")), "a token-only page");
     assert_eq!(staging.head().await.unwrap(), head, "a token-only page takes no seq");
 
@@ -905,7 +903,7 @@ pub async fn check_source_token_commits_with_rows(store: Arc<dyn StagingStore>) 
         "another entity's token is untouched"
     );
     let page = ChangePage { next_token: Some(token("c1")), ..Default::default() };
-    staging.apply_changes(&ent("contact"), &page).await.unwrap();
+    staging.apply_changes(&ent("contact"), page).await.unwrap();
     assert_eq!(staging.source_token(&ent("contact")).await.unwrap(), Some(token("c1")));
     assert_eq!(staging.source_token(&ent("account")).await.unwrap(), Some(token("t2")));
 
@@ -922,11 +920,11 @@ pub async fn check_unchanged_upserts_take_no_seq(store: Arc<dyn StagingStore>) {
     let staging = setup(&store, "contoso").await;
     staging.put_profile(&profile("all", "sales", vec![item("all", "account", "")])).await.unwrap();
     let rows: Vec<Row> = (1..=5).map(|n| account(n, "same", 0, Some(1))).collect();
-    let first = staging.apply_changes(&ent("account"), &upserts(rows.clone())).await.unwrap();
+    let first = staging.apply_changes(&ent("account"), upserts(rows.clone())).await.unwrap();
     assert_eq!((first.upserted, first.unchanged), (5, 0));
     let v1 = staging.row(&ent("account"), &rid(1)).await.unwrap().unwrap().version;
 
-    let again = staging.apply_changes(&ent("account"), &upserts(rows)).await.unwrap();
+    let again = staging.apply_changes(&ent("account"), upserts(rows)).await.unwrap();
     assert_eq!(
         (again.upserted, again.unchanged, again.deleted),
         (0, 5, 0),
@@ -947,18 +945,18 @@ pub async fn check_unchanged_upserts_take_no_seq(store: Arc<dyn StagingStore>) {
         ],
     );
     spelled.values.insert(col("description"), Value::Null);
-    let out = staging.apply_changes(&ent("account"), &upserts(vec![spelled])).await.unwrap();
+    let out = staging.apply_changes(&ent("account"), upserts(vec![spelled])).await.unwrap();
     assert_eq!((out.upserted, out.unchanged), (0, 1), "a canonically equal row is unchanged");
     assert_eq!(staging.row(&ent("account"), &rid(1)).await.unwrap().unwrap().version, v1, "version kept");
 
     let mut revenue = account(2, "same", 0, Some(1));
     revenue.values.insert(col("revenue"), Value::from("10.50"));
-    let changed = staging.apply_changes(&ent("account"), &upserts(vec![revenue])).await.unwrap();
+    let changed = staging.apply_changes(&ent("account"), upserts(vec![revenue])).await.unwrap();
     assert_eq!((changed.upserted, changed.unchanged), (1, 0));
     assert!(changed.head > first.head);
     let mut revenue = account(2, "same", 0, Some(1));
     revenue.values.insert(col("revenue"), Value::from("10.5"));
-    let same = staging.apply_changes(&ent("account"), &upserts(vec![revenue])).await.unwrap();
+    let same = staging.apply_changes(&ent("account"), upserts(vec![revenue])).await.unwrap();
     assert_eq!((same.upserted, same.unchanged), (0, 1), "10.50 and 10.5 are the same decimal");
 
     // Only the changed row produced an op.
@@ -992,13 +990,13 @@ pub async fn check_deletes_produce_removes(store: Arc<dyn StagingStore>) {
         account(3, "c", 0, None),
         account(4, "d", 1, None),
     ];
-    staging.apply_changes(&ent("account"), &upserts(rows)).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(rows)).await.unwrap();
     let mut client = ClientModel::default();
     client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
     assert_eq!(client.members(&all).len(), 4);
     assert_eq!(client.members(&open).len(), 2);
 
-    let out = staging.apply_changes(&ent("account"), &deletes(vec![rid(1), rid(2), rid(99)])).await.unwrap();
+    let out = staging.apply_changes(&ent("account"), deletes(vec![rid(1), rid(2), rid(99)])).await.unwrap();
     assert_eq!(out.deleted, 2, "only staged ids count as deleted");
     assert!(staging.row(&ent("account"), &rid(1)).await.unwrap().is_none(), "a deleted row is gone");
     let (ops, _) = client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
@@ -1013,7 +1011,7 @@ pub async fn check_deletes_produce_removes(store: Arc<dyn StagingStore>) {
         deletes: vec![rid(5), rid(3)],
         ..Default::default()
     };
-    staging.apply_changes(&ent("account"), &page).await.unwrap();
+    staging.apply_changes(&ent("account"), page).await.unwrap();
     assert!(
         staging.row(&ent("account"), &rid(5)).await.unwrap().is_none(),
         "upsert then delete ends deleted"
@@ -1079,13 +1077,13 @@ pub async fn check_recreated_rows_replace_their_tombstones(store: Arc<dyn Stagin
     staging
         .apply_changes(
             &ent("account"),
-            &upserts(vec![account(1, "a", 0, None), account(2, "b", 0, None), account(3, "c", 1, None)]),
+            upserts(vec![account(1, "a", 0, None), account(2, "b", 0, None), account(3, "c", 1, None)]),
         )
         .await
         .unwrap();
     let mut client = ClientModel::default();
     client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
-    staging.apply_changes(&ent("account"), &deletes(vec![rid(1), rid(2), rid(3)])).await.unwrap();
+    staging.apply_changes(&ent("account"), deletes(vec![rid(1), rid(2), rid(3)])).await.unwrap();
     client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
     assert!(member_ids(&client, &all).is_empty(), "every row is deleted");
 
@@ -1094,7 +1092,7 @@ pub async fn check_recreated_rows_replace_their_tombstones(store: Arc<dyn Stagin
     staging
         .apply_changes(
             &ent("account"),
-            &upserts(vec![account(1, "a2", 0, None), account(2, "b2", 1, None), account(3, "c2", 0, None)]),
+            upserts(vec![account(1, "a2", 0, None), account(2, "b2", 1, None), account(3, "c2", 0, None)]),
         )
         .await
         .unwrap();
@@ -1109,7 +1107,7 @@ pub async fn check_recreated_rows_replace_their_tombstones(store: Arc<dyn Stagin
     assert_eq!(member_ids(&client, &open), ids(&[1, 3]));
 
     // 2 opens: its put replaces the tombstone it left in 'open'.
-    staging.apply_changes(&ent("account"), &upserts(vec![account(2, "b3", 0, None)])).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(vec![account(2, "b3", 0, None)])).await.unwrap();
     client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
     let (fresh, full_ops, _) = full_read(&staging, &keys).await;
     assert_one_op_per_row(&full_ops, "after the re-created row entered another partition");
@@ -1120,12 +1118,12 @@ pub async fn check_recreated_rows_replace_their_tombstones(store: Arc<dyn Stagin
     // Deleted and created again once more, across pages and in one page
     // with other rows: still one entry per (partition, row).
     for round in 0..2 {
-        staging.apply_changes(&ent("account"), &deletes(vec![rid(1), rid(2)])).await.unwrap();
+        staging.apply_changes(&ent("account"), deletes(vec![rid(1), rid(2)])).await.unwrap();
         let name = format!("round {round}");
         staging
             .apply_changes(
                 &ent("account"),
-                &upserts(vec![
+                upserts(vec![
                     account(1, &name, 1, None),
                     account(2, &name, 0, None),
                     account(4, &name, 0, None),
@@ -1143,11 +1141,11 @@ pub async fn check_recreated_rows_replace_their_tombstones(store: Arc<dyn Stagin
     assert_eq!(member_ids(&client, &open), ids(&[2, 3, 4]));
 
     // After the tombstones are purged, a row created again is simply new.
-    staging.apply_changes(&ent("account"), &deletes(vec![rid(4)])).await.unwrap();
+    staging.apply_changes(&ent("account"), deletes(vec![rid(4)])).await.unwrap();
     client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
     let head = staging.head().await.unwrap();
     staging.purge_tombstones(head).await.unwrap();
-    staging.apply_changes(&ent("account"), &upserts(vec![account(4, "d", 0, None)])).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(vec![account(4, "d", 0, None)])).await.unwrap();
     client.pull_to_end(&staging, &keys, 100, usize::MAX).await;
     let (fresh, full_ops, _) = full_read(&staging, &keys).await;
     assert_one_op_per_row(&full_ops, "after a purge");
@@ -1181,11 +1179,7 @@ pub async fn check_move_outs(store: Arc<dyn StagingStore>) {
     staging
         .apply_changes(
             &ent("account"),
-            &upserts(vec![
-                account(1, "A", 0, Some(1)),
-                account(2, "B", 1, Some(2)),
-                account(3, "C", 0, None),
-            ]),
+            upserts(vec![account(1, "A", 0, Some(1)), account(2, "B", 1, Some(2)), account(3, "C", 0, None)]),
         )
         .await
         .unwrap();
@@ -1201,7 +1195,7 @@ pub async fn check_move_outs(store: Arc<dyn StagingStore>) {
     assert_eq!(member_ids(&b, &bob_mine), ids(&[2]), "a null owner is in nobody's partition");
 
     // A is closed: it leaves 'active', stays in alice's 'mine' at a new version.
-    staging.apply_changes(&ent("account"), &upserts(vec![account(1, "A", 1, Some(1))])).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(vec![account(1, "A", 1, Some(1))])).await.unwrap();
     let (ops, _) = a.pull_to_end(&staging, &alice_keys, 100, usize::MAX).await;
     assert_eq!(ids_in(&ops, &active, false), ids(&[1]), "closing A removes it from 'active'");
     assert_eq!(ids_in(&ops, &alice_mine, true), ids(&[1]), "A stays in alice's partition with a put");
@@ -1213,7 +1207,7 @@ pub async fn check_move_outs(store: Arc<dyn StagingStore>) {
     );
 
     // A is reassigned to bob: it leaves alice's partition and enters bob's.
-    staging.apply_changes(&ent("account"), &upserts(vec![account(1, "A", 1, Some(2))])).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(vec![account(1, "A", 1, Some(2))])).await.unwrap();
     let (ops, _) = a.pull_to_end(&staging, &alice_keys, 100, usize::MAX).await;
     assert_eq!(
         ids_in(&ops, &alice_mine, false),
@@ -1232,7 +1226,7 @@ pub async fn check_move_outs(store: Arc<dyn StagingStore>) {
     assert_eq!(member_ids(&b, &bob_mine), ids(&[1, 2]));
 
     // Reopened and unassigned: back in 'active', out of bob's partition.
-    staging.apply_changes(&ent("account"), &upserts(vec![account(1, "A", 0, None)])).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(vec![account(1, "A", 0, None)])).await.unwrap();
     b.pull_to_end(&staging, &bob_keys, 100, usize::MAX).await;
     assert_eq!(member_ids(&b, &bob_mine), ids(&[2]));
     assert_eq!(member_ids(&b, &active), ids(&[1, 3]));
@@ -1273,7 +1267,7 @@ pub async fn check_profiles_crud(store: Arc<dyn StagingStore>) {
     );
     assert_eq!(staging.profiles().await.unwrap().len(), 2);
 
-    staging.apply_changes(&ent("account"), &upserts(vec![account(1, "A", 0, Some(1))])).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(vec![account(1, "A", 0, Some(1))])).await.unwrap();
     let head = staging.head().await.unwrap();
     let invalid = [
         ("an unknown entity", profile("bad", "r", vec![item("x", "nosuchentity", "")])),
@@ -1323,7 +1317,7 @@ pub async fn check_profiles_crud(store: Arc<dyn StagingStore>) {
 pub async fn check_profile_change_recomputes_membership(store: Arc<dyn StagingStore>) {
     let staging = setup(&store, "contoso").await;
     let rows: Vec<Row> = (1..=6).map(|n| account(n, "r", (n % 2) as i64, None)).collect();
-    staging.apply_changes(&ent("account"), &upserts(rows)).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(rows)).await.unwrap();
     let versions: BTreeMap<RowId, Seq> = {
         let mut v = BTreeMap::new();
         for n in 1..=6 {
@@ -1389,7 +1383,7 @@ pub async fn check_profile_change_recomputes_membership(store: Arc<dyn StagingSt
     let contacts: Vec<Row> = (1..=3)
         .map(|n| Row::new(RowId::new(n.to_string()).unwrap(), [(col("fullname"), Value::from("c"))]))
         .collect();
-    staging.apply_changes(&ent("contact"), &upserts(contacts)).await.unwrap();
+    staging.apply_changes(&ent("contact"), upserts(contacts)).await.unwrap();
     let people = plain_key("p", "people", "contact");
     staging.put_profile(&profile("p", "sales", vec![item("people", "contact", "")])).await.unwrap();
     let keys = vec![open.clone(), renamed.clone(), people.clone()];
@@ -1428,11 +1422,11 @@ async fn paging_fixture(store: &Arc<dyn StagingStore>) -> (Arc<dyn OrgStaging>, 
 pub async fn check_pull_paging_by_rows(store: Arc<dyn StagingStore>) {
     let (staging, keys) = paging_fixture(&store).await;
     let rows: Vec<Row> = (1..=30).map(|n| account(n, "r", (n % 3 == 0) as i64, None)).collect();
-    staging.apply_changes(&ent("account"), &upserts(rows)).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(rows)).await.unwrap();
     // Interleave seqs across partitions and leave some removes.
     let moved: Vec<Row> = (1..=10).map(|n| account(n, "moved", 1, None)).collect();
-    staging.apply_changes(&ent("account"), &upserts(moved)).await.unwrap();
-    staging.apply_changes(&ent("account"), &deletes(vec![rid(29), rid(30)])).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(moved)).await.unwrap();
+    staging.apply_changes(&ent("account"), deletes(vec![rid(29), rid(30)])).await.unwrap();
 
     let (reference, reference_ops, reference_last) = full_read(&staging, &keys).await;
     assert!(reference_ops.len() > 30, "the fixture yields ops in both partitions");
@@ -1478,7 +1472,7 @@ pub async fn check_pull_paging_by_rows(store: Arc<dyn StagingStore>) {
     let mut client = reference.clone();
     let page = client.pull_page(&staging, &keys, 5, usize::MAX).await;
     assert!(page.changes.is_empty() && !page.more, "nothing is due at the head");
-    staging.apply_changes(&ent("account"), &upserts(vec![account(50, "new", 1, None)])).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(vec![account(50, "new", 1, None)])).await.unwrap();
     let page = client.pull_page(&staging, &keys, 5, usize::MAX).await;
     let got: Vec<(PartitionKey, RowId)> =
         page.changes.iter().map(|c| (c.partition.clone(), c.row_id.clone())).collect();
@@ -1509,7 +1503,7 @@ pub async fn check_pull_paging_by_bytes(store: Arc<dyn StagingStore>) {
             r
         })
         .collect();
-    staging.apply_changes(&ent("account"), &upserts(rows)).await.unwrap();
+    staging.apply_changes(&ent("account"), upserts(rows)).await.unwrap();
     let (reference, reference_ops, _) = full_read(&staging, &keys).await;
 
     for max_bytes in [1, 600, 2_500, 10_000] {
@@ -1573,7 +1567,7 @@ pub async fn check_checksums_after_churn(store: Arc<dyn StagingStore>) {
                     page.upserts.push(row);
                 }
             }
-            staging.apply_changes(&ent("account"), &page).await.unwrap();
+            staging.apply_changes(&ent("account"), page).await.unwrap();
             if step == 60 {
                 let items = vec![
                     item("open", "account", "statecode eq 0 and revenue gt 500"),
@@ -1640,11 +1634,11 @@ pub async fn check_concurrent_writes_are_not_skipped(store: Arc<dyn StagingStore
             for i in 0..25u128 {
                 let n = w * 1000 + i;
                 staging
-                    .apply_changes(&ent("account"), &upserts(vec![account(n, "w", 0, None)]))
+                    .apply_changes(&ent("account"), upserts(vec![account(n, "w", 0, None)]))
                     .await
                     .unwrap();
                 if i % 5 == 4 {
-                    staging.apply_changes(&ent("account"), &deletes(vec![rid(n - 2)])).await.unwrap();
+                    staging.apply_changes(&ent("account"), deletes(vec![rid(n - 2)])).await.unwrap();
                 }
                 tokio::task::yield_now().await;
             }
@@ -1675,14 +1669,14 @@ pub async fn check_tombstone_retention(store: Arc<dyn StagingStore>) {
     let keys = std::slice::from_ref(&key);
     assert_eq!(staging.tombstone_floor().await.unwrap(), Seq::ZERO, "the floor starts at zero");
     staging
-        .apply_changes(&ent("account"), &upserts((1..=6).map(|n| account(n, "r", 0, None)).collect()))
+        .apply_changes(&ent("account"), upserts((1..=6).map(|n| account(n, "r", 0, None)).collect()))
         .await
         .unwrap();
     let mut old_client = ClientModel::default();
     old_client.pull_to_end(&staging, keys, 100, usize::MAX).await;
     let old_position = old_client.positions[&key];
 
-    staging.apply_changes(&ent("account"), &deletes(vec![rid(1), rid(2)])).await.unwrap();
+    staging.apply_changes(&ent("account"), deletes(vec![rid(1), rid(2)])).await.unwrap();
     let mut current = old_client.clone();
     current.pull_to_end(&staging, keys, 100, usize::MAX).await;
     let head = staging.head().await.unwrap();
@@ -1711,7 +1705,7 @@ pub async fn check_tombstone_retention(store: Arc<dyn StagingStore>) {
     // Purging never lowers the floor, and new tombstones are kept until purged.
     staging.purge_tombstones(Seq(1)).await.unwrap();
     assert_eq!(staging.tombstone_floor().await.unwrap(), head, "the floor never goes down");
-    staging.apply_changes(&ent("account"), &deletes(vec![rid(3)])).await.unwrap();
+    staging.apply_changes(&ent("account"), deletes(vec![rid(3)])).await.unwrap();
     let (ops, _) = current.pull_to_end(&staging, keys, 100, usize::MAX).await;
     assert_eq!(ids_in(&ops, &key, false), ids(&[3]), "a tombstone after the floor is delivered");
 }
@@ -1762,7 +1756,7 @@ pub async fn check_status_and_runs(store: Arc<dyn StagingStore>) {
         next_token: Some(token("t9")),
         ..Default::default()
     };
-    staging.apply_changes(&ent("account"), &page).await.unwrap();
+    staging.apply_changes(&ent("account"), page).await.unwrap();
 
     let ok_at = datetime!(2024-05-01 10:00:00 UTC);
     let failed_at = datetime!(2024-05-01 10:01:00 UTC);
@@ -1805,7 +1799,7 @@ pub async fn check_status_and_runs(store: Arc<dyn StagingStore>) {
     assert_eq!(a.last_rows, 0);
     assert_eq!(a.rows, 3, "a failed run changes no row count");
 
-    staging.apply_changes(&ent("account"), &deletes(vec![rid(1)])).await.unwrap();
+    staging.apply_changes(&ent("account"), deletes(vec![rid(1)])).await.unwrap();
     let status = staging.status().await.unwrap();
     assert_eq!(
         status.entities.iter().find(|e| e.entity == ent("account")).unwrap().rows,
@@ -1826,9 +1820,9 @@ pub async fn check_org_isolation(store: Arc<dyn StagingStore>) {
             next_token: Some(token(name)),
             ..Default::default()
         };
-        staging.apply_changes(&ent("account"), &page).await.unwrap();
+        staging.apply_changes(&ent("account"), page).await.unwrap();
     }
-    alpha.apply_changes(&ent("account"), &deletes(vec![rid(1)])).await.unwrap();
+    alpha.apply_changes(&ent("account"), deletes(vec![rid(1)])).await.unwrap();
     alpha.apply_schema(&contact_meta()).await.unwrap();
     alpha.put_profile(&profile("extra", "sales", vec![item("c", "contact", "")])).await.unwrap();
     let mid = MutationId(uuid(77));
@@ -1880,8 +1874,8 @@ pub async fn check_drop_removes_everything(store: Arc<dyn StagingStore>) {
         next_token: Some(token("t")),
         ..Default::default()
     };
-    staging.apply_changes(&ent("account"), &page).await.unwrap();
-    staging.apply_changes(&ent("account"), &deletes(vec![rid(4)])).await.unwrap();
+    staging.apply_changes(&ent("account"), page).await.unwrap();
+    staging.apply_changes(&ent("account"), deletes(vec![rid(4)])).await.unwrap();
     let mid = MutationId(uuid(5));
     staging
         .record_mutation(
@@ -1967,7 +1961,7 @@ pub async fn check_watch_head_notifies(store: Arc<dyn StagingStore>) {
         *waiter_rx.borrow()
     });
     tokio::task::yield_now().await;
-    let out = staging.apply_changes(&ent("account"), &upserts(vec![account(1, "A", 0, None)])).await.unwrap();
+    let out = staging.apply_changes(&ent("account"), upserts(vec![account(1, "A", 0, None)])).await.unwrap();
     assert_eq!(waiter.await.unwrap(), out.head, "a parked waiter sees the committed head");
 
     tokio::time::timeout(Duration::from_secs(10), rx.changed())
@@ -1978,7 +1972,7 @@ pub async fn check_watch_head_notifies(store: Arc<dyn StagingStore>) {
 
     for n in 2..=4 {
         let out =
-            staging.apply_changes(&ent("account"), &upserts(vec![account(n, "A", 0, None)])).await.unwrap();
+            staging.apply_changes(&ent("account"), upserts(vec![account(n, "A", 0, None)])).await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), rx.changed())
             .await
             .expect("notified")

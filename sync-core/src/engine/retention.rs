@@ -95,8 +95,8 @@ mod tests {
             deletes: if up { vec![] } else { vec![RowId::new("a").unwrap()] },
             ..ChangePage::default()
         };
-        h.apply_changes(&meta.name, &page(true)).await.unwrap();
-        h.apply_changes(&meta.name, &page(false)).await.unwrap();
+        h.apply_changes(&meta.name, page(true)).await.unwrap();
+        h.apply_changes(&meta.name, page(false)).await.unwrap();
         let mut janitor = TombstoneJanitor::new(store.clone(), Duration::from_secs(60));
         let t0 = Instant::now();
         assert_eq!(janitor.tick_at(t0).await.unwrap(), 0);

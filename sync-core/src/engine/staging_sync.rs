@@ -115,7 +115,7 @@ impl StagingSync {
             let more = page.more;
             let next = page.next_token.clone();
             let applied = match &mut full_reread {
-                None => org.apply_changes(&item.entity, &page).await,
+                None => org.apply_changes(&item.entity, page).await,
                 Some(seen) => {
                     seen.extend(
                         page.upserts
@@ -130,7 +130,7 @@ impl StagingSync {
                     } else {
                         page.deletes.extend(unseen_rows(org.as_ref(), &item.entity, seen).await?);
                     }
-                    org.apply_changes(&item.entity, &page).await
+                    org.apply_changes(&item.entity, page).await
                 }
             };
             let outcome = match applied {

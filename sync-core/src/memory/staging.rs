@@ -485,18 +485,17 @@ impl OrgState {
         Ok(())
     }
 
-    fn apply_changes(&mut self, entity: &EntityName, page: &ChangePage) -> Result<ApplyOutcome> {
+    fn apply_changes(&mut self, entity: &EntityName, page: ChangePage) -> Result<ApplyOutcome> {
         let meta = self.entity(entity)?.meta.clone();
-        let upserts = page
-            .upserts
-            .iter()
+        let ChangePage { upserts, deletes, next_token, .. } = page;
+        let upserts = upserts
+            .into_iter()
             .map(|row| {
-                meta.check_row(row.clone())
-                    .map_err(|e| Error::invalid(format!("entity '{entity}', row '{}': {e}", row.id)))
+                let id = row.id.clone();
+                meta.check_row(row).map_err(|e| Error::invalid(format!("entity '{entity}', row '{id}': {e}")))
             })
             .collect::<Result<Vec<Row>>>()?;
-        let deletes = page
-            .deletes
+        let deletes = deletes
             .iter()
             .map(|id| {
                 meta.parse_row_id(id.as_str())
@@ -548,8 +547,8 @@ impl OrgState {
             }
             outcome.deleted += 1;
         }
-        if let Some(token) = &page.next_token {
-            ent.token = Some(token.clone());
+        if let Some(token) = next_token {
+            ent.token = Some(token);
         }
         outcome.head = *head;
         Ok(outcome)
@@ -742,7 +741,7 @@ impl OrgStaging for MemoryOrg {
         self.write(|s| s.delete_profile(name))
     }
 
-    async fn apply_changes(&self, entity: &EntityName, page: &ChangePage) -> Result<ApplyOutcome> {
+    async fn apply_changes(&self, entity: &EntityName, page: ChangePage) -> Result<ApplyOutcome> {
         self.write(|s| s.apply_changes(entity, page))
     }
 
@@ -902,7 +901,7 @@ mod tests {
         staging.put_profile(&profile("")).await.unwrap();
         let mut null_priority = task(2, 0);
         null_priority.values.insert(col("priority"), Value::Null);
-        staging.apply_changes(&ent("task"), &page(vec![task(1, 5), null_priority])).await.unwrap();
+        staging.apply_changes(&ent("task"), page(vec![task(1, 5), null_priority])).await.unwrap();
         let before = staging.head().await.unwrap();
         let v2 = staging.row(&ent("task"), &id(2)).await.unwrap().unwrap().version;
 
@@ -931,7 +930,7 @@ mod tests {
     async fn schema_changes_that_break_a_profile_or_the_key_are_refused() {
         let (_store, staging) = org().await;
         staging.put_profile(&profile("priority gt 1")).await.unwrap();
-        staging.apply_changes(&ent("task"), &page(vec![task(1, 5)])).await.unwrap();
+        staging.apply_changes(&ent("task"), page(vec![task(1, 5)])).await.unwrap();
         let version = staging.schema_version().await.unwrap();
 
         let mut without = meta();
@@ -950,7 +949,7 @@ mod tests {
     #[tokio::test]
     async fn purge_floor_is_capped_at_head() {
         let (_store, staging) = org().await;
-        staging.apply_changes(&ent("task"), &page(vec![task(1, 1)])).await.unwrap();
+        staging.apply_changes(&ent("task"), page(vec![task(1, 1)])).await.unwrap();
         let head = staging.head().await.unwrap();
         staging.purge_tombstones(Seq(1000)).await.unwrap();
         assert_eq!(staging.tombstone_floor().await.unwrap(), head);
@@ -966,7 +965,7 @@ mod tests {
         other.name = ProfileName::new("q").unwrap();
         staging.put_profile(&other).await.unwrap();
         staging
-            .apply_changes(&ent("task"), &page((1..=5).map(|n| task(n, n as i64)).collect()))
+            .apply_changes(&ent("task"), page((1..=5).map(|n| task(n, n as i64)).collect()))
             .await
             .unwrap();
         let plan = PullPlan {
@@ -992,18 +991,18 @@ mod tests {
     #[tokio::test]
     async fn ids_are_canonicalised_and_bad_delete_ids_refused() {
         let (_store, staging) = org().await;
-        staging.apply_changes(&ent("task"), &page(vec![task(1, 1)])).await.unwrap();
+        staging.apply_changes(&ent("task"), page(vec![task(1, 1)])).await.unwrap();
         let upper = RowId::new(id(1).as_str().to_uppercase()).unwrap();
         assert!(staging.row(&ent("task"), &upper).await.unwrap().is_some());
         let deletes = ChangePage { deletes: vec![upper], ..ChangePage::default() };
-        assert_eq!(staging.apply_changes(&ent("task"), &deletes).await.unwrap().deleted, 1);
+        assert_eq!(staging.apply_changes(&ent("task"), deletes).await.unwrap().deleted, 1);
         let bad = ChangePage {
             deletes: vec![RowId::new("nope").unwrap()],
             next_token: Some(ChangeToken("t".into())),
             ..ChangePage::default()
         };
         assert_eq!(
-            staging.apply_changes(&ent("task"), &bad).await.unwrap_err().kind(),
+            staging.apply_changes(&ent("task"), bad).await.unwrap_err().kind(),
             crate::ErrorKind::InvalidInput
         );
         assert_eq!(staging.source_token(&ent("task")).await.unwrap(), None);

@@ -198,13 +198,13 @@ impl SyncService {
                     }
                 };
                 let page = ChangePage { upserts: vec![row.clone()], ..ChangePage::default() };
-                view.org.apply_changes(&meta.name, &page).await?;
+                view.org.apply_changes(&meta.name, page).await?;
                 let version = view.org.row(&meta.name, &row.id).await?.map(|s| s.version).unwrap_or_default();
                 Ok(MutationOutcome::Applied { row: Some(row), version })
             }
             Ok(None) => {
                 let page = ChangePage { deletes: vec![mutation.row_id.clone()], ..ChangePage::default() };
-                let outcome = view.org.apply_changes(&meta.name, &page).await?;
+                let outcome = view.org.apply_changes(&meta.name, page).await?;
                 Ok(MutationOutcome::Applied { row: None, version: outcome.head })
             }
             Err(e) => match e.kind() {

@@ -154,7 +154,7 @@ impl Fixture {
             )
             .unwrap();
         let page = ChangePage { upserts: vec![row.clone()], ..ChangePage::default() };
-        self.store.org(&org(org_name)).await.unwrap().apply_changes(&ent("account"), &page).await.unwrap();
+        self.store.org(&org(org_name)).await.unwrap().apply_changes(&ent("account"), page).await.unwrap();
         row
     }
 
