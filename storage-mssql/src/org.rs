@@ -344,11 +344,12 @@ async fn upsert_rows(c: &mut Conn, schema: &str, meta: &EntityMetadata, rows: &[
 async fn stage_page(c: &mut Conn, tx: &mut Tx, entity: &EntityName, page: ChangePage) -> R<ApplyOutcome> {
     let schema = tx.schema.clone();
     let meta = require_schema(c, &schema, entity).await?;
+    let checker = meta.row_checker()?;
     let mut rows = Vec::with_capacity(page.upserts.len());
     for row in page.upserts {
         let id = row.id.clone();
         let context = |e: Error| Error::invalid(format!("entity '{entity}', row '{id}': {e}"));
-        let checked = meta.check_row(row).map_err(context)?;
+        let checked = checker.check(row).map_err(context)?;
         let checked = values::normalize_row(checked).map_err(context)?;
         check_row_id(entity, &checked.id)?;
         rows.push(checked);

@@ -73,7 +73,7 @@ pub use principal::Principal;
 pub use profile::{ConflictPolicy, Profile, ProfileItem};
 pub use queue::{Delivery, Message, WorkQueue};
 pub use row::{ChangePage, Mutation, MutationOp, PulledRow, Row, StagedRow};
-pub use schema::{Attribute, AttributeType, EntityMetadata};
+pub use schema::{Attribute, AttributeType, EntityMetadata, RowChecker};
 pub use service::{SyncConfig, SyncService};
 pub use source::{MetadataSource, SourceConnector};
 pub use staging::{OrgStaging, StagingStore};

@@ -488,11 +488,12 @@ impl OrgState {
     fn apply_changes(&mut self, entity: &EntityName, page: ChangePage) -> Result<ApplyOutcome> {
         let meta = self.entity(entity)?.meta.clone();
         let ChangePage { upserts, deletes, next_token, .. } = page;
+        let checker = meta.row_checker()?;
         let upserts = upserts
             .into_iter()
             .map(|row| {
                 let id = row.id.clone();
-                meta.check_row(row).map_err(|e| Error::invalid(format!("entity '{entity}', row '{id}': {e}")))
+                checker.check(row).map_err(|e| Error::invalid(format!("entity '{entity}', row '{id}': {e}")))
             })
             .collect::<Result<Vec<Row>>>()?;
         let deletes = deletes
