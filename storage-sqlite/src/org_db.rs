@@ -570,12 +570,13 @@ fn recompute_entity(
 pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: ChangePage) -> R<ApplyOutcome> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let Staged { eid, meta } = require_schema(&tx, entity)?;
+    let checker = meta.row_checker()?;
     let rows = page
         .upserts
         .into_iter()
         .map(|row| {
             let id = row.id.clone();
-            meta.check_row(row).map_err(|e| Error::invalid(format!("entity '{entity}', row '{id}': {e}")))
+            checker.check(row).map_err(|e| Error::invalid(format!("entity '{entity}', row '{id}': {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let deletes = page
@@ -623,13 +624,13 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
             let seq_i = version_param(seq)?;
             // A key with a grave is not staged (a row and its grave never
             // coexist): the row is new and takes over its tombstones.
-            let grave = match table.canonical_key(&row.id) {
-                Some(key) if graves => take_grave
+            let grave = match graves.then(|| table.canonical_key(&row.id)).flatten() {
+                Some(key) => take_grave
                     .query_row(rusqlite::params![eid, key], |r| r.get::<_, String>(0))
                     .optional()?
                     .map(|text| Parts::parse(&text))
                     .transpose()?,
-                _ => None,
+                None => None,
             };
             if let Some(tombstones) = grave {
                 let m = Member { eid, rid: next_rid, entity, row_id: &row.id };
@@ -650,10 +651,9 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
             // A page is usually all new rows (an initial read) or mostly
             // staged ones (changes): start with the insert while rows turn
             // out new, with the lookup while they turn out staged.
-            let key = table.canonical_key(&row.id);
             let mut found = None;
-            if updating && let Some(key) = &key {
-                found = table.probe(&mut lookup, key.clone(), row)?;
+            if updating && let Some(key) = table.canonical_key(&row.id) {
+                found = table.probe(&mut lookup, key, row)?;
             }
             if found.is_none() {
                 let parts =
@@ -671,7 +671,7 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
                     updating = false;
                     continue;
                 }
-                if !updating && let Some(key) = key {
+                if !updating && let Some(key) = table.canonical_key(&row.id) {
                     found = table.probe(&mut lookup, key, row)?;
                 }
             }

@@ -85,13 +85,28 @@ impl Partition {
     /// The partition's canonical key: `profile/item` followed, when the item
     /// has parameters, by their JSON object (keys sorted).
     pub fn key(&self) -> PartitionKey {
-        let mut key = format!("{}/{}", self.profile, self.item);
-        if !self.params.is_empty() {
-            // A map of strings always serializes.
-            key.push_str(&serde_json::to_string(&self.params).unwrap_or_default());
-        }
-        PartitionKey(Arc::from(key))
+        partition_key(&item_prefix(&self.profile, &self.item), &self.params)
     }
+}
+
+/// The part of a partition key that names the profile item: every key of
+/// the item starts with it.
+pub(crate) fn item_prefix(profile: &ProfileName, item: &ItemId) -> String {
+    format!("{profile}/{item}")
+}
+
+/// The key of the partition of the item with prefix `prefix` (see
+/// [`item_prefix`]) under `params`: the prefix followed, when there are
+/// parameters, by their JSON object (keys sorted).
+pub(crate) fn partition_key(prefix: &str, params: &BTreeMap<String, String>) -> PartitionKey {
+    if params.is_empty() {
+        return PartitionKey(Arc::from(prefix));
+    }
+    let mut key = String::with_capacity(prefix.len() + 80);
+    key.push_str(prefix);
+    // A map of strings always serializes.
+    key.push_str(&serde_json::to_string(params).unwrap_or_default());
+    PartitionKey(Arc::from(key))
 }
 
 /// What happens to a row's membership of a partition.

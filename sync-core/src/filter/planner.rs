@@ -5,8 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::CompiledFilter;
 use crate::error::{Error, Result};
-use crate::ids::{ItemId, ProfileName};
-use crate::partition::{MembershipAction, MembershipOp, Partition, PartitionKey};
+use crate::partition::{self, MembershipAction, MembershipOp, Partition, PartitionKey};
 use crate::principal::Principal;
 use crate::profile::Profile;
 use crate::row::Row;
@@ -50,9 +49,12 @@ pub fn validate_profile(profile: &Profile, schemas: &[EntityMetadata]) -> Result
 
 #[derive(Clone, Debug)]
 struct PlannedItem {
-    profile: ProfileName,
-    item: ItemId,
     filter: CompiledFilter,
+    /// The start of the item's partition keys ([`partition::item_prefix`]).
+    prefix: String,
+    /// The item's one partition when it has no parameters: its key is
+    /// built once, not per row.
+    fixed: Option<PartitionKey>,
 }
 
 /// Computes the partitions a row of one entity belongs to, from the org's
@@ -60,7 +62,6 @@ struct PlannedItem {
 /// the schema changes) and call it inside their write transaction.
 #[derive(Clone, Debug)]
 pub struct MembershipPlanner {
-    entity: EntityMetadata,
     items: Vec<PlannedItem>,
 }
 
@@ -71,14 +72,15 @@ impl MembershipPlanner {
         let mut items = Vec::new();
         for p in profiles {
             for item in p.items.iter().filter(|i| i.entity == entity.name) {
-                items.push(PlannedItem {
-                    profile: p.name.clone(),
-                    item: item.item_id(),
-                    filter: CompiledFilter::compile(&item.filter, entity)?,
-                });
+                let filter = CompiledFilter::compile(&item.filter, entity)?;
+                let item = item.item_id();
+                let prefix = partition::item_prefix(&p.name, &item);
+                let fixed =
+                    filter.params().is_empty().then(|| partition::partition_key(&prefix, &BTreeMap::new()));
+                items.push(PlannedItem { filter, prefix, fixed });
             }
         }
-        Ok(MembershipPlanner { entity: entity.clone(), items })
+        Ok(MembershipPlanner { items })
     }
 
     /// Whether no profile item names this entity (no membership to plan).
@@ -91,20 +93,15 @@ impl MembershipPlanner {
         let mut out: Vec<PartitionKey> = self
             .items
             .iter()
-            .filter_map(|it| {
-                it.filter.row_params(row).map(|params| {
-                    Partition {
-                        profile: it.profile.clone(),
-                        item: it.item.clone(),
-                        entity: self.entity.name.clone(),
-                        params,
-                    }
-                    .key()
-                })
+            .filter_map(|it| match &it.fixed {
+                Some(key) => it.filter.matches_rest(row).then(|| key.clone()),
+                None => it.filter.row_params(row).map(|params| partition::partition_key(&it.prefix, &params)),
             })
             .collect();
-        out.sort();
-        out.dedup();
+        if out.len() > 1 {
+            out.sort();
+            out.dedup();
+        }
         out
     }
 
