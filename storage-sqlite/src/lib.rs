@@ -70,6 +70,10 @@
 //!   (`PASSIVE`: it waits for nobody), so a commit never pays for it; the
 //!   writer checkpoints itself only at four times that, which bounds the
 //!   `-wal` file.
+//! * **Rows prepared beside the writer**: a page of a few thousand rows or
+//!   more is checked against its schema and planned into partitions on a
+//!   scoped thread while the writer stages the rows already prepared; a bad
+//!   row anywhere still rolls the whole page back.
 //! * **Bounded resources**: at most [`StoreOptions::max_open_orgs`] org
 //!   databases stay open (least recently used ones are closed), so thousands
 //!   of orgs fit within a file-descriptor limit.

@@ -437,6 +437,60 @@ async fn invalid_pages_change_nothing() {
     assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
 }
 
+/// Large pages are checked and planned on a thread beside the writer;
+/// what they stage must not differ from the same rows in small pages, and
+/// a bad row anywhere in one must still change nothing.
+#[tokio::test]
+async fn large_pages_stage_what_small_pages_do() {
+    let account = entity("account");
+    // New rows, then rows of this page again: changed (an update inside
+    // the page) and unchanged (no new version).
+    let mut rows: Vec<Row> = (0..5_000).map(|i| account_row(i, 0, 7)).collect();
+    rows.extend((0..1_000).map(|i| account_row(i * 3, 1, 7)));
+    rows.extend((0..500).map(|i| account_row(3_000 + i * 3, 0, 7)));
+    let mut staged = Vec::new();
+    for page_rows in [rows.len(), 100] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, staging) = setup(dir.path()).await;
+        staging.put_profile(&sales_profile()).await.unwrap();
+        for (n, chunk) in rows.chunks(page_rows).enumerate() {
+            staging.apply_changes(&account, page(chunk.to_vec(), vec![], &format!("t{n}"))).await.unwrap();
+        }
+        assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
+        let keys: Vec<PartitionKey> =
+            [("active", vec![]), ("mine", vec![("user.id", owner(3, 7).to_string())])]
+                .into_iter()
+                .map(|(item, params)| key_of(&sales_profile(), item, &params))
+                .collect();
+        let pulled = pull_all(staging.as_ref(), &keys, 100_000).await;
+        staged.push((
+            staging.head().await.unwrap(),
+            all_rows(staging.as_ref(), &account).await,
+            pulled.changes,
+        ));
+
+        // A bad row, early or last, in a large page: nothing changes.
+        for at in [300, 4_999] {
+            let head = staging.head().await.unwrap();
+            let token = staging.source_token(&account).await.unwrap();
+            let mut bad: Vec<Row> = (10_000..15_000).map(|i| account_row(i, 0, 7)).collect();
+            bad[at].values.insert(col("revenue"), Value::from("plenty"));
+            let err = staging.apply_changes(&account, page(bad, vec![], "bad")).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+            assert!(err.to_string().contains(&row_uuid(10_000 + at as u64).to_string()), "{err}");
+            assert_eq!(staging.head().await.unwrap(), head);
+            assert_eq!(staging.source_token(&account).await.unwrap(), token);
+            assert!(staging.row(&account, &account_row(10_000, 0, 7).id).await.unwrap().is_none());
+        }
+        assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
+    }
+    let (large, small) = (&staged[0], &staged[1]);
+    assert_eq!(large.0, Seq(6_000), "500 unchanged rows take no seq");
+    assert_eq!(large.1.len(), 5_000);
+    assert_eq!(large.1[&account_row(3, 0, 7).id].0, account_meta().check_row(account_row(3, 1, 7)).unwrap());
+    assert_eq!(large, small);
+}
+
 #[tokio::test]
 async fn profile_changes_recompute_membership() {
     let dir = tempfile::tempdir().unwrap();
