@@ -686,8 +686,8 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
         .collect::<Result<Vec<_>, _>>()?;
     let profiles = load_profiles(&tx)?;
     let planner = MembershipPlanner::new(&meta, &profiles)?;
-    let checker = meta.row_checker()?;
-    let table = Table::new(meta.clone())?;
+    let table = Table::new(meta)?;
+    let checker = table.meta.row_checker()?;
     let mut next_rid: i64 = tx
         .prepare_cached("SELECT next_rid FROM _sync_schemas WHERE eid = ?1")?
         .query_row([eid], |r| r.get(0))?;
