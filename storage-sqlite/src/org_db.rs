@@ -1005,13 +1005,12 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                     let size = row_id.as_str().len() + REMOVE_OVERHEAD;
                     (row_id, None, size)
                 } else {
-                    if r.get_ref(3)? == rusqlite::types::ValueRef::Null {
+                    let Some((row_id, pulled)) = table.decode_pulled(r, 3)? else {
                         return Err(StoreError::Corrupt(format!(
                             "partition '{key}' holds a row of '{}' at seq {seq} that is not staged",
                             table.meta.name
                         )));
-                    }
-                    let (row_id, pulled) = table.decode_pulled(r, 3)?;
+                    };
                     let size = pulled.approx_size(&row_id);
                     (row_id, Some(pulled), size)
                 };

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::types::Value as SqlValue;
+use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, Statement, ToSql};
 use sync_core::row::Row;
 use sync_core::{AttributeType, ColumnName, EntityMetadata, PulledRow, RowId, Seq, StagedRow};
@@ -152,11 +152,14 @@ impl Table {
     /// Selects the membership entries of one partition in an entry-id
     /// range (`?1` exclusive, `?2` inclusive), in seq order,
     /// each with its row of this table (null columns for removes).
-    /// Columns: seq, removed, row_id, then the select list without the
-    /// membership references (what [`Table::decode_pulled`] reads).
+    /// Columns: seq, removed, row_id, then the attributes and the version
+    /// (what [`Table::decode_pulled`] reads).
     pub(crate) fn pull_join_sql(&self) -> String {
-        let cols: Vec<String> = std::iter::once(RID_COLUMN)
-            .chain(self.meta.attributes.iter().map(|a| a.name.as_str()))
+        let cols: Vec<String> = self
+            .meta
+            .attributes
+            .iter()
+            .map(|a| a.name.as_str())
             .chain(std::iter::once(VERSION_COLUMN))
             .map(|c| format!("t.{}", quote(c)))
             .collect();
@@ -311,20 +314,38 @@ impl Table {
         &self.pull_columns
     }
 
-    /// Decodes the columns of [`Table::pull_join_sql`] from its rid at
-    /// column `at` on into a pulled row (values in pull order, no map) and its id.
-    pub(crate) fn decode_pulled(&self, r: &rusqlite::Row<'_>, at: usize) -> R<(RowId, PulledRow)> {
+    /// Decodes the columns of [`Table::pull_join_sql`] from its first
+    /// attribute at column `at` on into a pulled row (values in pull order,
+    /// no map) and its id; `None` when the join found no row (its key, which
+    /// is `NOT NULL`, reads as null).
+    pub(crate) fn decode_pulled(&self, r: &rusqlite::Row<'_>, at: usize) -> R<Option<(RowId, PulledRow)>> {
         let attrs = &self.meta.attributes;
-        let mut values = Vec::with_capacity(attrs.len());
-        for &i in &self.pull_order {
-            let a = &attrs[i];
-            values.push(decode(&a.ty, a.name.as_str(), r.get_ref(at + i + 1)?)?);
+        let stored_key = r.get_ref(at + self.key_index)?;
+        if stored_key == ValueRef::Null {
+            return Ok(None);
         }
-        let id = self.row_id_of(values.first())?;
-        let version = seq_of(r.get(at + attrs.len() + 1)?)?;
+        let key = &attrs[self.key_index];
+        let key_value = decode(&key.ty, key.name.as_str(), stored_key)?;
+        let id = match (&key_value, stored_key) {
+            // Stored as this crate writes it: the text is the canonical id.
+            (sync_core::Value::Uuid(_), ValueRef::Text(t))
+                if t.len() == 36 && !t.iter().any(u8::is_ascii_uppercase) =>
+            {
+                RowId::new(String::from_utf8_lossy(t)).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
+            _ => self.row_id_of(Some(&key_value))?,
+        };
+        let mut values = Vec::with_capacity(attrs.len());
+        values.push(key_value);
+        // The key leads the pull order; the other attributes follow.
+        for &i in self.pull_order.iter().filter(|&&i| i != self.key_index) {
+            let a = &attrs[i];
+            values.push(decode(&a.ty, a.name.as_str(), r.get_ref(at + i)?)?);
+        }
+        let version = seq_of(r.get(at + attrs.len())?)?;
         let row = PulledRow::new(Arc::clone(&self.pull_columns), values, version)
             .ok_or_else(|| StoreError::Corrupt(format!("a row of '{}' lost a column", self.meta.name)))?;
-        Ok((id, row))
+        Ok(Some((id, row)))
     }
 
     /// The staged row with `id` (any accepted spelling) and its rid, if any.

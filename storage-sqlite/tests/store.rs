@@ -1107,3 +1107,35 @@ async fn the_wal_is_checkpointed_beside_the_writer_and_stays_bounded() {
     assert!(wal_frames(&db) <= bound, "the WAL grew to {} frames (bound {bound})", wal_frames(&db));
     assert_eq!(all_rows(staging.as_ref(), &entity("account")).await.len() as u64, written.max(4_000));
 }
+
+#[tokio::test]
+async fn pulls_read_hand_edited_keys_canonically_and_refuse_missing_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, staging) = setup(dir.path()).await;
+    let profile = sales_profile();
+    staging.put_profile(&profile).await.unwrap();
+    let rows: Vec<Row> = (0..40).map(|i| account_row(i, 0, 4)).collect();
+    staging.apply_changes(&entity("account"), page(rows, vec![], "t1")).await.unwrap();
+    let active = key_of(&profile, "active", &[]);
+    let before = pull_all(staging.as_ref(), std::slice::from_ref(&active), 1_000).await;
+    assert!(!before.changes.is_empty());
+
+    // A key written in upper case with the sqlite3 shell still pulls as its
+    // canonical id, with the same row.
+    let db = store.org_path(&org_id("contoso"));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("UPDATE account SET accountid = upper(accountid)").unwrap();
+    let after = pull_all(staging.as_ref(), std::slice::from_ref(&active), 1_000).await;
+    assert_eq!(after.changes, before.changes);
+    assert!(after.changes.iter().all(|c| c.row_id.as_str() == c.row_id.as_str().to_lowercase()));
+
+    // A staged row deleted by hand under its membership is an internal
+    // error naming the partition, not a row of nulls.
+    let first = before.changes[0].row_id.as_str().to_uppercase();
+    assert_eq!(conn.execute("DELETE FROM account WHERE accountid = ?1", [&first]).unwrap(), 1);
+    let plan =
+        PullPlan { partitions: vec![(active.clone(), Seq::ZERO)], max_rows: 1_000, max_bytes: 1 << 30 };
+    let err = staging.pull(&plan).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Internal);
+    assert!(err.to_string().contains("not staged"), "{err}");
+}
