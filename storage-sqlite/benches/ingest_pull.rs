@@ -9,20 +9,24 @@
 //! Environment: `SQLITE_BENCH_ROWS` (default 1,000,000), `SQLITE_BENCH_PAGE`
 //! (rows per change page, default 5,000), `SQLITE_BENCH_PULL_PAGE` (ops per
 //! pull, default 1,000), `SQLITE_BENCH_CACHE_MIB` (page cache of every
-//! connection, raw and store alike, default 64), `SQLITE_BENCH_OWNERS`
-//! (distinct owners, default 100), `SQLITE_BENCH_DIR` (where the databases
-//! go; default a temporary directory), and two store options to try:
-//! `SQLITE_BENCH_WAL_PAGES` (`wal_autocheckpoint`) and `SQLITE_BENCH_MMAP`
-//! (`mmap_size` in bytes); both default to the store's defaults.
+//! connection, raw and store alike, default 64), `SQLITE_BENCH_MMAP`
+//! (`mmap_size` in bytes of every connection, raw and store alike; default
+//! the store's), `SQLITE_BENCH_OWNERS` (distinct owners, default 100),
+//! `SQLITE_BENCH_DIR` (where the databases go; default a temporary
+//! directory), and a store option to try: `SQLITE_BENCH_WAL_PAGES`
+//! (`wal_autocheckpoint`, default the store's).
 //!
 //! Scenario: CRM-like `account` rows (uuid key + 8 typed columns); profile
 //! `sales` with item `active` (`statecode eq 0`, 90 % of rows) and item
 //! `mine` (`ownerid eq @user.id`, one partition per owner).
 //! * ingest: the store stages every row through `apply_changes` in pages
 //!   made before timing (rows + membership of both items + checksums +
-//!   token per page); raw
-//!   rusqlite upserts the same rows with one prepared statement in one
-//!   transaction into a table with an indexed version column.
+//!   token per page), then copies its WAL back into the database file
+//!   (`SqliteStagingStore::checkpoint`); raw rusqlite upserts the same rows
+//!   with one prepared statement in one transaction into a table with an
+//!   indexed version column, and its commit copies its WAL back (SQLite's
+//!   autocheckpoint). Both timings end with every row in the database file,
+//!   and no pull overlaps a copy still running.
 //! * update: every row again with changed values (owners and states move),
 //!   in random order; same comparison.
 //! * pull: one user pulls `active` and `mine` from the start in pages, rows
@@ -69,11 +73,14 @@ const COLUMNS: [&str; 8] = [
     "creditonhold",
 ];
 
-fn raw_open(path: &std::path::Path, cache_mib: usize) -> rusqlite::Connection {
+fn raw_open(path: &std::path::Path, options: &StoreOptions) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
-    conn.execute_batch(&format!("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{};", cache_mib * 1024))
-        .unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{}; PRAGMA mmap_size = {};",
+        options.cache_size_kib, options.mmap_size
+    ))
+    .unwrap();
     conn
 }
 
@@ -248,22 +255,31 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| tmp.path().into());
     std::fs::create_dir_all(&dir).unwrap();
-    println!(
-        "rows {n}, change pages of {page}, pull pages of {pull_page}, page cache {cache_mib} MiB per connection, \
-         {owners} owners, in {}",
-        dir.display()
-    );
 
     let fresh: Vec<Row> = (0..n as u64).map(|i| account_row(i, 0, owners)).collect();
     let mut updated: Vec<Row> = (0..n as u64).map(|i| account_row(i, 1, owners)).collect();
     shuffle(&mut updated, 0x9e37_79b9_7f4a_7c15);
+
+    let mut options = StoreOptions { cache_size_kib: (cache_mib * 1024) as u32, ..StoreOptions::default() };
+    if let Ok(bytes) = std::env::var("SQLITE_BENCH_MMAP") {
+        options.mmap_size = bytes.parse().unwrap();
+    }
+    if let Ok(pages) = std::env::var("SQLITE_BENCH_WAL_PAGES") {
+        options.wal_autocheckpoint = pages.parse().unwrap();
+    }
+    println!(
+        "rows {n}, change pages of {page}, pull pages of {pull_page}, page cache {cache_mib} MiB and mmap {} MiB \
+         per connection, {owners} owners, in {}",
+        options.mmap_size >> 20,
+        dir.display()
+    );
 
     // Raw rusqlite.
     let raw_path = dir.join("raw.sqlite");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", raw_path.display()));
     }
-    let mut raw = raw_open(&raw_path, cache_mib);
+    let mut raw = raw_open(&raw_path, &options);
     raw.execute_batch(
         "CREATE TABLE raw (accountid TEXT PRIMARY KEY, name TEXT, accountnumber TEXT, revenue TEXT, \
          numberofemployees INTEGER, statecode INTEGER, ownerid TEXT, modifiedon TEXT, creditonhold INTEGER, \
@@ -291,13 +307,6 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let store_dir = dir.join("store");
     let _ = std::fs::remove_dir_all(&store_dir);
-    let mut options = StoreOptions { cache_size_kib: (cache_mib * 1024) as u32, ..StoreOptions::default() };
-    if let Ok(bytes) = std::env::var("SQLITE_BENCH_MMAP") {
-        options.mmap_size = bytes.parse().unwrap();
-    }
-    if let Ok(pages) = std::env::var("SQLITE_BENCH_WAL_PAGES") {
-        options.wal_autocheckpoint = pages.parse().unwrap();
-    }
     let profile = sales_profile();
     let (store, staging) = rt.block_on(async {
         let store = open_store(&store_dir, options).await;
@@ -320,6 +329,7 @@ fn main() {
         timed(|| {
             rt.block_on(async {
                 ingest(s, fresh).await;
+                store.checkpoint(&org_id("bench")).await.unwrap();
             })
         }),
     );
@@ -333,6 +343,7 @@ fn main() {
         timed(|| {
             rt.block_on(async {
                 ingest(s, updated).await;
+                store.checkpoint(&org_id("bench")).await.unwrap();
             })
         }),
     );

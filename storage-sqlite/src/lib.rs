@@ -69,7 +69,12 @@
 //!   [`StoreOptions::wal_autocheckpoint`] pages, on a connection of its own
 //!   (`PASSIVE`: it waits for nobody), so a commit never pays for it; the
 //!   writer checkpoints itself only at four times that, which bounds the
-//!   `-wal` file.
+//!   `-wal` file. [`SqliteStagingStore::checkpoint`] copies an org's whole
+//!   WAL back on request and empties it (before a file-level backup or a
+//!   shutdown).
+//! * **Shared reads**: org databases are memory-mapped
+//!   ([`StoreOptions::mmap_size`]), so readers read pages in place from the
+//!   operating system's cache instead of each filling a cache of its own.
 //! * **Rows prepared beside the writer**: a page of a few thousand rows or
 //!   more is checked against its schema and planned into partitions on a
 //!   scoped thread while the writer stages the rows already prepared; a bad
@@ -97,7 +102,8 @@
 //! CRM-like rows under a two-item profile (one item per owner) and pulls
 //! them back, beside raw rusqlite on the same rows in the same run, and
 //! prints the ratios (`SQLITE_BENCH_ROWS` makes it smaller; the file's header
-//! lists the other knobs). Where the time goes: a change page is one
+//! lists the other knobs). Both sides' ingest ends with the WAL copied back
+//! into the database file. Where the time goes: a change page is one
 //! transaction, so random keys make each commit write (to the WAL, then
 //! again at checkpoints) most pages of the key index, which a single raw
 //! transaction writes once (checkpoints run beside the writer, so that cost

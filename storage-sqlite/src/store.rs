@@ -5,8 +5,8 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -57,8 +57,16 @@ pub struct StoreOptions {
     /// How long a connection waits for another writer's lock before the
     /// operation fails with `Unavailable`. Default 5 s.
     pub busy_timeout: Duration,
-    /// Bytes of each database file SQLite may memory-map (`PRAGMA
-    /// mmap_size`); 0 (the default) turns memory mapping off.
+    /// Bytes of each org database SQLite may memory-map (`PRAGMA
+    /// mmap_size`). Mapped pages are read in place from the operating
+    /// system's page cache, which every connection shares, instead of being
+    /// copied into each connection's own cache: a reader's first pass over
+    /// a large org allocates no page memory, and the files' pages are held
+    /// once however many connections read them. The price is SQLite's: an
+    /// I/O error while reading a mapped page is a `SIGBUS` for the process
+    /// rather than an error of the operation. 0 turns memory mapping off.
+    /// Default 1 GiB on 64-bit targets (address space only: the mapping
+    /// never exceeds the file), 0 elsewhere.
     pub mmap_size: u64,
     /// WAL pages after which an org's WAL is copied back into its database.
     /// For org databases that copy (a checkpoint) runs in the background,
@@ -80,7 +88,7 @@ impl Default for StoreOptions {
             readers_per_org: 2,
             cache_size_kib: 32 * 1024,
             busy_timeout: Duration::from_secs(5),
-            mmap_size: 0,
+            mmap_size: if cfg!(target_pointer_width = "64") { 1 << 30 } else { 0 },
             wal_autocheckpoint: 10_000,
         }
     }
@@ -153,8 +161,10 @@ struct OrgDb {
     writer: Mutex<Option<Connection>>,
     readers: Mutex<Vec<Connection>>,
     max_idle_readers: usize,
-    /// A background checkpoint is queued or running.
-    checkpointing: AtomicBool,
+    /// A background checkpoint is queued or running; `checkpointed` is
+    /// notified when it ends.
+    checkpointing: Mutex<bool>,
+    checkpointed: Condvar,
     /// Counts the org's live connection sets (see [`OrgShared::alive`]).
     _alive: Arc<()>,
 }
@@ -175,7 +185,10 @@ impl OrgDb {
             if let Err(e) = checkpoint(conn) {
                 tracing::warn!(path = %self.path.display(), error = %e, "checkpoint failed");
             }
-        } else if threshold > 0 && frames >= threshold && !self.checkpointing.swap(true, Ordering::AcqRel) {
+        } else if threshold > 0
+            && frames >= threshold
+            && !std::mem::replace(&mut *lock(&self.checkpointing), true)
+        {
             let db = Arc::clone(self);
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => drop(rt.spawn_blocking(move || db.checkpoint_in_background())),
@@ -189,7 +202,8 @@ impl OrgDb {
     fn checkpoint_in_background(&self) {
         let started = Instant::now();
         let result = open_org(&self.path, &self.settings, false).and_then(|c| checkpoint(&c));
-        self.checkpointing.store(false, Ordering::Release);
+        *lock(&self.checkpointing) = false;
+        self.checkpointed.notify_all();
         match result {
             Ok((frames, copied)) => tracing::debug!(
                 path = %self.path.display(),
@@ -200,6 +214,46 @@ impl OrgDb {
             ),
             Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "background checkpoint failed"),
         }
+    }
+
+    /// Copies the whole WAL back into the database and empties it, with no
+    /// commit in between: waits for a background checkpoint under way, then
+    /// (up to the busy timeout) for readers of older snapshots.
+    fn checkpoint_now(&self) -> R<()> {
+        let mut guard = lock(&self.writer);
+        let conn = match guard.as_mut() {
+            Some(c) => c,
+            None => guard.insert(as_writer(open_org(&self.path, &self.settings, false)?)),
+        };
+        let running = self
+            .checkpointed
+            .wait_timeout_while(lock(&self.checkpointing), self.settings.busy_timeout, |running| *running)
+            .map(|(running, _)| *running)
+            .unwrap_or_else(|poisoned| *poisoned.into_inner().0);
+        if running {
+            return Err(Error::unavailable(format!(
+                "a background checkpoint of '{}' is still running; try again",
+                self.path.display()
+            ))
+            .into());
+        }
+        let started = Instant::now();
+        let (busy, frames): (i64, i64) =
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if busy != 0 {
+            return Err(Error::unavailable(format!(
+                "readers of older snapshots of '{}' kept its WAL in use; try again",
+                self.path.display()
+            ))
+            .into());
+        }
+        tracing::debug!(
+            path = %self.path.display(),
+            frames,
+            ms = started.elapsed().as_millis() as u64,
+            "checkpoint on request"
+        );
+        Ok(())
     }
 
     fn with_reader<T>(&self, f: impl FnOnce(&mut Connection) -> R<T>) -> R<T> {
@@ -356,7 +410,8 @@ impl ConnCache {
             writer: Mutex::new(None),
             readers: Mutex::new(Vec::new()),
             max_idle_readers: readers,
-            checkpointing: AtomicBool::new(false),
+            checkpointing: Mutex::new(false),
+            checkpointed: Condvar::new(),
             _alive: shared.alive.clone(),
         });
         self.map.insert(shared.id.clone(), (db.clone(), self.tick));
@@ -540,6 +595,29 @@ impl SqliteStagingStore {
     /// operations).
     pub fn open_orgs(&self) -> usize {
         lock(&self.inner.cache).map.len()
+    }
+
+    /// Copies `org`'s write-ahead log back into its database file and
+    /// empties the log, as SQLite's checkpoints do in the background; waits
+    /// for one under way. Until the next write, the org's `.sqlite` file
+    /// alone then holds every committed change: for a file-level backup
+    /// while writes are paused, before a shutdown, or to count a large
+    /// ingest's copy-back as part of it. Writes to the org wait meanwhile.
+    ///
+    /// Errors: `NotFound` for an unknown org; `Unavailable` when a
+    /// background checkpoint, or a reader of an older snapshot, holds the
+    /// log beyond [`StoreOptions::busy_timeout`] (nothing is lost; the log
+    /// is copied back later).
+    pub async fn checkpoint(&self, org: &OrgId) -> Result<()> {
+        let shared = self.shared(org).await?;
+        let gate = shared.gate.read().await;
+        if *gate {
+            return Err(Error::not_found(format!("org '{org}'")));
+        }
+        let db = self.inner.db(&shared);
+        let out = blocking(move || db.checkpoint_now()).await;
+        drop(gate);
+        out
     }
 
     async fn control<T: Send + 'static>(

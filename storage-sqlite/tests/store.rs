@@ -1108,6 +1108,67 @@ async fn the_wal_is_checkpointed_beside_the_writer_and_stays_bounded() {
     assert_eq!(all_rows(staging.as_ref(), &entity("account")).await.len() as u64, written.max(4_000));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_on_request_leaves_every_commit_in_the_main_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // No background checkpoints: the WAL keeps every commit until asked.
+    let options = StoreOptions {
+        wal_autocheckpoint: 0,
+        busy_timeout: std::time::Duration::from_millis(200),
+        ..StoreOptions::default()
+    };
+    let store = open_store(dir.path(), options).await;
+    assert_eq!(store.checkpoint(&org_id("nobody")).await.unwrap_err().kind(), ErrorKind::NotFound);
+    store.create_org(&org_config("contoso")).await.unwrap();
+    let staging = store.org(&org_id("contoso")).await.unwrap();
+    staging.apply_schema(&account_meta()).await.unwrap();
+    let db = store.org_path(&org_id("contoso"));
+    let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+    let scratch = dir.path().join("copy.sqlite");
+    let rows = |from: u64, to: u64| (from..to).map(|i| account_row(i, 0, 4)).collect::<Vec<_>>();
+    staging.apply_changes(&entity("account"), page(rows(0, 300), vec![], "a")).await.unwrap();
+    assert_eq!(rows_in_main_file(&db, &scratch), None, "the main file has no table before a checkpoint");
+
+    // A reader on an older snapshot keeps the log in use: the request fails
+    // after the busy timeout and changes nothing.
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let seen: i64 = reader.query_row("SELECT count(*) FROM account", [], |r| r.get(0)).unwrap();
+    assert_eq!(seen, 300);
+    staging.apply_changes(&entity("account"), page(rows(300, 350), vec![], "b")).await.unwrap();
+    let err = store.checkpoint(&org_id("contoso")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert_eq!(all_rows(staging.as_ref(), &entity("account")).await.len(), 350);
+
+    // Once it is gone, the log is copied back and emptied: the main file
+    // alone holds every commit, and writing goes on.
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    store.checkpoint(&org_id("contoso")).await.unwrap();
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    assert_eq!(rows_in_main_file(&db, &scratch), Some(350));
+    staging.apply_changes(&entity("account"), page(rows(350, 360), vec![], "c")).await.unwrap();
+    assert_eq!(all_rows(staging.as_ref(), &entity("account")).await.len(), 360);
+
+    // With background checkpoints under way, a request waits for them and
+    // still leaves everything in the main file.
+    let options = StoreOptions { wal_autocheckpoint: 16, ..StoreOptions::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), options).await;
+    store.create_org(&org_config("fabrikam")).await.unwrap();
+    let staging = store.org(&org_id("fabrikam")).await.unwrap();
+    staging.apply_schema(&account_meta()).await.unwrap();
+    for p in 0..20u64 {
+        staging
+            .apply_changes(&entity("account"), page(rows(p * 100, p * 100 + 100), vec![], "d"))
+            .await
+            .unwrap();
+    }
+    store.checkpoint(&org_id("fabrikam")).await.unwrap();
+    let db = store.org_path(&org_id("fabrikam"));
+    assert_eq!(rows_in_main_file(&db, &dir.path().join("copy.sqlite")), Some(2_000));
+}
+
 #[tokio::test]
 async fn pulls_read_hand_edited_keys_canonically_and_refuse_missing_rows() {
     let dir = tempfile::tempdir().unwrap();
