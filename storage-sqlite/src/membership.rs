@@ -26,7 +26,7 @@
 //! entry replaced and of the entry written, so a partition's checksum is the
 //! sum over its live entries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use rusqlite::{CachedStatement, Connection, OptionalExtension};
@@ -127,15 +127,32 @@ const INSERT_BATCH: usize = 64;
 /// Entries deleted per `DELETE … IN (…)` when the log is flushed.
 const DELETE_BATCH: usize = 64;
 
-/// An entry waiting to be inserted: entity id, row number, version,
-/// removed, and the row id of a remove.
-type PendingEntry = (i64, i64, i64, bool, Option<String>);
+/// An entry waiting to be inserted.
+struct PendingEntry {
+    id: i64,
+    eid: i64,
+    rid: i64,
+    version: i64,
+    removed: bool,
+    /// The row id of a remove.
+    row_id: Option<String>,
+    /// Cleared when a later write of the transaction replaces the entry.
+    live: bool,
+}
+
+/// The seq part of an entry id.
+fn seq_of_entry(id: i64) -> i64 {
+    id & MAX_SEQ
+}
 
 /// Writes membership entries and buffers checksum changes and partition
 /// facts for one transaction. Log writes are buffered too: deletes of
 /// entries written earlier in the transaction cancel out in memory, and the
 /// replaced entries are deleted and the new ones inserted at
 /// [`MembershipWriter::flush`], in key order and many per statement.
+/// New entries are kept in write order, which is seq order (a transaction
+/// hands out seqs in increasing order), so one of them is found by a binary
+/// search on its seq and the log is sorted once, at the flush.
 pub(crate) struct MembershipWriter<'c> {
     conn: &'c Connection,
     insert: CachedStatement<'c>,
@@ -146,7 +163,9 @@ pub(crate) struct MembershipWriter<'c> {
     doomed: Vec<i64>,
     info: HashMap<i64, PartitionInfo>,
     deltas: HashMap<i64, (u32, i64)>,
-    pending: BTreeMap<i64, PendingEntry>,
+    pending: Vec<PendingEntry>,
+    /// Whether `pending` is in seq order (else it is searched linearly).
+    in_seq_order: bool,
 }
 
 impl<'c> MembershipWriter<'c> {
@@ -159,7 +178,8 @@ impl<'c> MembershipWriter<'c> {
             doomed: Vec::new(),
             info: HashMap::new(),
             deltas: HashMap::new(),
-            pending: BTreeMap::new(),
+            pending: Vec::new(),
+            in_seq_order: true,
         })
     }
 
@@ -187,6 +207,22 @@ impl<'c> MembershipWriter<'c> {
         self.pids.insert(key.clone(), pid);
         self.info.insert(pid, PartitionInfo { eid, mixed, dirty: false });
         Ok(pid)
+    }
+
+    /// The position in `pending` of the live entry `id`, if any.
+    fn find_pending(&self, id: i64) -> Option<usize> {
+        let found = if self.in_seq_order {
+            let seq = seq_of_entry(id);
+            let from = self.pending.partition_point(|p| seq_of_entry(p.id) < seq);
+            self.pending[from..]
+                .iter()
+                .take_while(|p| seq_of_entry(p.id) == seq)
+                .position(|p| p.id == id)
+                .map(|i| from + i)
+        } else {
+            self.pending.iter().position(|p| p.id == id)
+        };
+        found.filter(|&i| self.pending[i].live)
     }
 
     fn delta(&mut self, pid: i64, m: Member<'_>, version: Seq, add: bool) {
@@ -230,8 +266,9 @@ impl<'c> MembershipWriter<'c> {
     ) -> R<PartRef> {
         if let Some(old) = old {
             let id = entry_id(pid, old.seq)?;
-            if self.pending.remove(&id).is_none() {
-                self.doomed.push(id);
+            match self.find_pending(id) {
+                Some(i) => self.pending[i].live = false,
+                None => self.doomed.push(id),
             }
             if !old.removed {
                 self.delta(pid, m, old_version, false);
@@ -240,16 +277,18 @@ impl<'c> MembershipWriter<'c> {
         self.note_entity(pid, m.eid);
         let seq_i = version_param(seq)?;
         let version = put.unwrap_or(seq);
-        self.pending.insert(
-            entry_id(pid, seq_i)?,
-            (
-                m.eid,
-                m.rid,
-                version_param(version)?,
-                put.is_none(),
-                put.is_none().then(|| m.row_id.as_str().to_owned()),
-            ),
-        );
+        if self.pending.last().is_some_and(|p| seq_of_entry(p.id) > seq_i) {
+            self.in_seq_order = false;
+        }
+        self.pending.push(PendingEntry {
+            id: entry_id(pid, seq_i)?,
+            eid: m.eid,
+            rid: m.rid,
+            version: version_param(version)?,
+            removed: put.is_none(),
+            row_id: put.is_none().then(|| m.row_id.as_str().to_owned()),
+            live: true,
+        });
         if put.is_some() {
             self.delta(pid, m, version, true);
         }
@@ -260,8 +299,8 @@ impl<'c> MembershipWriter<'c> {
     /// Callers ask only for entries a row refers to now, never for one
     /// replaced in this transaction (still in the table until the flush).
     pub(crate) fn entry_version(&self, pid: i64, seq: i64) -> R<Option<Seq>> {
-        if let Some(p) = self.pending.get(&entry_id(pid, seq)?) {
-            return seq_of(p.2).map(Some);
+        if let Some(i) = self.find_pending(entry_id(pid, seq)?) {
+            return seq_of(self.pending[i].version).map(Some);
         }
         let v: Option<i64> = self
             .conn
@@ -296,8 +335,9 @@ impl<'c> MembershipWriter<'c> {
 
     /// Inserts the buffered entries, in key order.
     fn flush_log(&mut self) -> R<()> {
-        let pending = std::mem::take(&mut self.pending);
-        let entries: Vec<(i64, PendingEntry)> = pending.into_iter().collect();
+        let mut entries = std::mem::take(&mut self.pending);
+        entries.retain(|p| p.live);
+        entries.sort_unstable_by_key(|p| p.id);
         let mut chunks = entries.chunks_exact(INSERT_BATCH);
         if entries.len() >= INSERT_BATCH {
             let tuples = vec!["(?, ?, ?, ?, ?, ?)"; INSERT_BATCH].join(", ");
@@ -305,20 +345,20 @@ impl<'c> MembershipWriter<'c> {
                 "INSERT INTO _sync_membership (id, eid, rid, version, removed, row_id) VALUES {tuples}"
             ))?;
             for chunk in chunks.by_ref() {
-                for (i, (id, (eid, rid, version, removed, row_id))) in chunk.iter().enumerate() {
+                for (i, p) in chunk.iter().enumerate() {
                     let at = i * 6;
-                    batch.raw_bind_parameter(at + 1, id)?;
-                    batch.raw_bind_parameter(at + 2, eid)?;
-                    batch.raw_bind_parameter(at + 3, rid)?;
-                    batch.raw_bind_parameter(at + 4, version)?;
-                    batch.raw_bind_parameter(at + 5, removed)?;
-                    batch.raw_bind_parameter(at + 6, row_id)?;
+                    batch.raw_bind_parameter(at + 1, p.id)?;
+                    batch.raw_bind_parameter(at + 2, p.eid)?;
+                    batch.raw_bind_parameter(at + 3, p.rid)?;
+                    batch.raw_bind_parameter(at + 4, p.version)?;
+                    batch.raw_bind_parameter(at + 5, p.removed)?;
+                    batch.raw_bind_parameter(at + 6, &p.row_id)?;
                 }
                 batch.raw_execute()?;
             }
         }
-        for (id, (eid, rid, version, removed, row_id)) in chunks.remainder() {
-            self.insert.execute(rusqlite::params![id, eid, rid, version, removed, row_id])?;
+        for p in chunks.remainder() {
+            self.insert.execute(rusqlite::params![p.id, p.eid, p.rid, p.version, p.removed, p.row_id])?;
         }
         Ok(())
     }
@@ -362,5 +402,68 @@ mod tests {
         assert_eq!(Parts::parse("").unwrap(), Parts::default());
         assert!(Parts::parse("3").is_err());
         assert!(Parts::parse("x:1").is_err());
+    }
+
+    fn log(conn: &Connection) -> Vec<(i64, i64, i64, bool, Option<String>)> {
+        let mut stmt = conn
+            .prepare("SELECT id, rid, version, removed, row_id FROM _sync_membership ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn buffered_entries_replace_each_other_and_flush_in_key_order() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::org_db::ORG_DDL).unwrap();
+        let entity = EntityName::new("account").unwrap();
+        let (a, b) = (RowId::new("a").unwrap(), RowId::new("b").unwrap());
+        let ma = Member { eid: 1, rid: 1, entity: &entity, row_id: &a };
+        let mb = Member { eid: 1, rid: 2, entity: &entity, row_id: &b };
+
+        // An earlier transaction: a in partitions p and q, b in p.
+        let mut w = MembershipWriter::new(&conn).unwrap();
+        let p = w.pid(&PartitionKey::new("p").unwrap()).unwrap();
+        let q = w.pid(&PartitionKey::new("q").unwrap()).unwrap();
+        let a_p = w.write(p, ma, None, Seq::ZERO, Seq(1), Some(Seq(1))).unwrap();
+        let a_q = w.write(q, ma, None, Seq::ZERO, Seq(1), Some(Seq(1))).unwrap();
+        let b_p = w.write(p, mb, None, Seq::ZERO, Seq(2), Some(Seq(2))).unwrap();
+        w.flush().unwrap();
+        let id = |pid: i64, seq: i64| entry_id(pid, seq).unwrap();
+        assert_eq!(log(&conn).iter().map(|e| e.0).collect::<Vec<_>>(), [id(p, 1), id(p, 2), id(q, 1)]);
+
+        // This one: a changes twice (its first new entries are replaced in
+        // memory, its old ones deleted), leaves q, and b leaves p.
+        let mut w = MembershipWriter::new(&conn).unwrap();
+        assert_eq!(w.entry_version(p, 1).unwrap(), Some(Seq(1)));
+        let a_p3 = w.write(p, ma, Some(a_p), Seq(1), Seq(3), Some(Seq(3))).unwrap();
+        let a_q3 = w.write(q, ma, Some(a_q), Seq(1), Seq(3), Some(Seq(3))).unwrap();
+        assert_eq!(w.entry_version(q, 3).unwrap(), Some(Seq(3)));
+        w.write(p, ma, Some(a_p3), Seq(3), Seq(4), Some(Seq(4))).unwrap();
+        w.write(q, ma, Some(a_q3), Seq(3), Seq(4), None).unwrap();
+        assert_eq!(w.entry_version(p, 3).unwrap(), None, "replaced in this transaction");
+        assert_eq!(w.entry_version(p, 4).unwrap(), Some(Seq(4)));
+        w.write(p, mb, Some(b_p), Seq(2), Seq(5), None).unwrap();
+        w.flush().unwrap();
+        assert_eq!(
+            log(&conn),
+            [
+                (id(p, 4), 1, 4, false, None),
+                (id(p, 5), 2, 5, true, Some("b".into())),
+                (id(q, 4), 1, 4, true, Some("a".into())),
+            ]
+        );
+
+        // Seqs written out of order (no caller does) are still found.
+        let mut w = MembershipWriter::new(&conn).unwrap();
+        let a_p7 = w.write(p, ma, None, Seq::ZERO, Seq(7), Some(Seq(7))).unwrap();
+        w.write(q, mb, None, Seq::ZERO, Seq(6), Some(Seq(6))).unwrap();
+        assert_eq!(w.entry_version(p, 7).unwrap(), Some(Seq(7)));
+        w.write(p, ma, Some(a_p7), Seq(7), Seq(8), Some(Seq(8))).unwrap();
+        w.flush().unwrap();
+        let ids: Vec<i64> = log(&conn).iter().map(|e| e.0).collect();
+        assert!(ids.contains(&id(p, 8)) && ids.contains(&id(q, 6)) && !ids.contains(&id(p, 7)));
     }
 }

@@ -34,7 +34,7 @@ const FORMAT_VERSION: i64 = 1;
 
 /// Tables of an org database besides the entity tables. Every statement is
 /// idempotent, so creating an existing org keeps its data.
-const ORG_DDL: &str = "
+pub(crate) const ORG_DDL: &str = "
 CREATE TABLE IF NOT EXISTS _sync_meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
