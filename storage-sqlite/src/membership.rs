@@ -27,7 +27,6 @@
 //! sum over its live entries.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use rusqlite::{CachedStatement, Connection, OptionalExtension};
 use sync_core::partition::membership_hash;
@@ -75,13 +74,40 @@ impl Parts {
             if i > 0 {
                 s.push(' ');
             }
-            let _ = write!(s, "{}:{}{}", p.pid, if p.removed { "~" } else { "" }, p.seq);
+            push_decimal(&mut s, p.pid);
+            s.push(':');
+            if p.removed {
+                s.push('~');
+            }
+            push_decimal(&mut s, p.seq);
         }
         s
     }
 
     pub(crate) fn get(&self, pid: i64) -> Option<PartRef> {
         self.0.iter().find(|p| p.pid == pid).copied()
+    }
+}
+
+/// Appends `n` in decimal (what `write!` does, without the formatting
+/// machinery: written for every staged row).
+fn push_decimal(s: &mut String, n: i64) {
+    if n < 0 {
+        s.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        s.push(char::from(d));
     }
 }
 
@@ -122,6 +148,8 @@ struct PartitionInfo {
     dirty: bool,
 }
 
+/// Most keys [`MembershipWriter::pid`] recognises by address.
+const SHARED_KEYS: usize = 8;
 /// Entries inserted per multi-row `INSERT` when the log is flushed.
 const INSERT_BATCH: usize = 64;
 /// Entries deleted per `DELETE … IN (…)` when the log is flushed.
@@ -163,6 +191,12 @@ pub(crate) struct MembershipWriter<'c> {
     doomed: Vec<i64>,
     info: HashMap<i64, PartitionInfo>,
     deltas: HashMap<i64, (u32, i64)>,
+    /// Keys the planner hands out as the same shared text for every row
+    /// (an item without parameters), known by address before hashing.
+    shared_keys: Vec<(PartitionKey, i64)>,
+    /// The last membership hash computed, by entity id, row number and
+    /// version: a row's entries in all its partitions share it.
+    last_hash: Option<(i64, i64, Seq, u32)>,
     pending: Vec<PendingEntry>,
     /// Whether `pending` is in seq order (else it is searched linearly).
     in_seq_order: bool,
@@ -178,6 +212,8 @@ impl<'c> MembershipWriter<'c> {
             doomed: Vec::new(),
             info: HashMap::new(),
             deltas: HashMap::new(),
+            shared_keys: Vec::new(),
+            last_hash: None,
             pending: Vec::new(),
             in_seq_order: true,
         })
@@ -185,8 +221,17 @@ impl<'c> MembershipWriter<'c> {
 
     /// The pid of `key`, registering the partition when it is new.
     pub(crate) fn pid(&mut self, key: &PartitionKey) -> R<i64> {
-        if let Some(pid) = self.pids.get(key) {
+        if let Some((_, pid)) = self.shared_keys.iter().find(|(k, _)| std::ptr::eq(k.as_str(), key.as_str()))
+        {
             return Ok(*pid);
+        }
+        if let Some((known, &pid)) = self.pids.get_key_value(key) {
+            // The same text as the first time: the planner shares this key.
+            // (Held here, so its address cannot be reused by another key.)
+            if std::ptr::eq(known.as_str(), key.as_str()) && self.shared_keys.len() < SHARED_KEYS {
+                self.shared_keys.push((key.clone(), pid));
+            }
+            return Ok(pid);
         }
         let found: Option<(i64, Option<i64>, bool)> = self
             .conn
@@ -226,7 +271,14 @@ impl<'c> MembershipWriter<'c> {
     }
 
     fn delta(&mut self, pid: i64, m: Member<'_>, version: Seq, add: bool) {
-        let h = membership_hash(m.entity, m.row_id, version);
+        let h = match self.last_hash {
+            Some((eid, rid, v, h)) if (eid, rid, v) == (m.eid, m.rid, version) => h,
+            _ => {
+                let h = membership_hash(m.entity, m.row_id, version);
+                self.last_hash = Some((m.eid, m.rid, version, h));
+                h
+            }
+        };
         let d = self.deltas.entry(pid).or_default();
         if add {
             d.0 = d.0.wrapping_add(h);
@@ -402,6 +454,11 @@ mod tests {
         assert_eq!(Parts::parse("").unwrap(), Parts::default());
         assert!(Parts::parse("3").is_err());
         assert!(Parts::parse("x:1").is_err());
+        for n in [0, 7, 10, 99, 1_099_511_627_775, i64::MAX, -1, i64::MIN] {
+            let mut text = String::new();
+            push_decimal(&mut text, n);
+            assert_eq!(text, n.to_string());
+        }
     }
 
     fn log(conn: &Connection) -> Vec<(i64, i64, i64, bool, Option<String>)> {
