@@ -57,8 +57,8 @@ pub struct StoreOptions {
     /// How long a connection waits for another writer's lock before the
     /// operation fails with `Unavailable`. Default 5 s.
     pub busy_timeout: Duration,
-    /// Bytes of each org database SQLite may memory-map (`PRAGMA
-    /// mmap_size`). Mapped pages are read in place from the operating
+    /// Bytes of each database file (the org databases and the control
+    /// database) SQLite may memory-map (`PRAGMA mmap_size`). Mapped pages are read in place from the operating
     /// system's page cache, which every connection shares, instead of being
     /// copied into each connection's own cache: a reader's first pass over
     /// a large org allocates no page memory, and the files' pages are held
