@@ -111,7 +111,12 @@
 //! membership entry per partition, and an update replaces those entries,
 //! deleting the old ones at scattered places of the log; and a pulled row
 //! is decoded into typed values, in a [`PulledRow`](sync_core::PulledRow)
-//! whose column list is shared by every row of the page.
+//! whose column list is shared by every row of the page. Measured on
+//! 1,000,000 rows: stepping the pull's join of a partition's entries with
+//! their rows and reading every column costs about 1.5 times raw's ordered
+//! scan of one table; decoding into typed values, ids and changes costs
+//! about as much again; and the caller frees the page's values on another
+//! thread than the one that allocated them.
 //!
 //! ## Example
 //!
