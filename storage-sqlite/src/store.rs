@@ -170,12 +170,17 @@ struct OrgDb {
 }
 
 impl OrgDb {
+    /// The writer connection kept in `slot`, opened there when there is none.
+    fn writer_in<'g>(&self, slot: &'g mut Option<Connection>) -> R<&'g mut Connection> {
+        match slot {
+            Some(c) => Ok(c),
+            None => Ok(slot.insert(as_writer(open_org(&self.path, &self.settings, false)?))),
+        }
+    }
+
     fn with_writer<T>(self: &Arc<Self>, f: impl FnOnce(&mut Connection) -> R<T>) -> R<T> {
         let mut guard = lock(&self.writer);
-        let conn = match guard.as_mut() {
-            Some(c) => c,
-            None => guard.insert(as_writer(open_org(&self.path, &self.settings, false)?)),
-        };
+        let conn = self.writer_in(&mut guard)?;
         WAL_FRAMES.with(|c| c.set(0));
         let out = f(conn);
         let frames = u32::try_from(WAL_FRAMES.with(|c| c.replace(0))).unwrap_or(0);
@@ -221,10 +226,7 @@ impl OrgDb {
     /// (up to the busy timeout) for readers of older snapshots.
     fn checkpoint_now(&self) -> R<()> {
         let mut guard = lock(&self.writer);
-        let conn = match guard.as_mut() {
-            Some(c) => c,
-            None => guard.insert(as_writer(open_org(&self.path, &self.settings, false)?)),
-        };
+        let conn = self.writer_in(&mut guard)?;
         let running = self
             .checkpointed
             .wait_timeout_while(lock(&self.checkpointing), self.settings.busy_timeout, |running| *running)
