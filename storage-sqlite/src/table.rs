@@ -46,8 +46,9 @@ pub(crate) struct Table {
     int_key: bool,
     /// Attribute indexes in column-name order.
     by_name: Vec<usize>,
-    /// Attribute indexes in pull order ([`EntityMetadata::pull_columns`]).
-    pull_order: Vec<usize>,
+    /// Attribute indexes in pull order ([`EntityMetadata::pull_columns`])
+    /// after the key, which leads it.
+    pull_rest: Vec<usize>,
     /// The names of a pulled row's values, shared by every row it decodes.
     pull_columns: Arc<[ColumnName]>,
     select_list: String,
@@ -76,6 +77,7 @@ impl Table {
                 })
             })
             .collect::<R<Vec<usize>>>()?;
+        let pull_rest = pull_order.into_iter().filter(|&i| i != key_index).collect();
         let name = quote(meta.name.as_str());
         let key = quote(meta.attributes[key_index].name.as_str());
         let rid = quote(RID_COLUMN);
@@ -107,7 +109,7 @@ impl Table {
             key_index,
             int_key,
             by_name,
-            pull_order,
+            pull_rest,
             pull_columns,
             select_list,
         })
@@ -302,6 +304,8 @@ impl Table {
     /// The id of a decoded row from its key value; `Corrupt` without one.
     fn row_id_of(&self, key: Option<&sync_core::Value>) -> R<RowId> {
         match key {
+            // Canonical by construction: no text to validate.
+            Some(sync_core::Value::Uuid(u)) => Ok(RowId::from(*u)),
             Some(v) if !v.is_null() => {
                 RowId::new(canonical_key_text(v)).map_err(|e| StoreError::Corrupt(e.to_string()))
             }
@@ -326,19 +330,11 @@ impl Table {
         }
         let key = &attrs[self.key_index];
         let key_value = decode(&key.ty, key.name.as_str(), stored_key)?;
-        let id = match (&key_value, stored_key) {
-            // Stored as this crate writes it: the text is the canonical id.
-            (sync_core::Value::Uuid(_), ValueRef::Text(t))
-                if t.len() == 36 && !t.iter().any(u8::is_ascii_uppercase) =>
-            {
-                RowId::new(String::from_utf8_lossy(t)).map_err(|e| StoreError::Corrupt(e.to_string()))?
-            }
-            _ => self.row_id_of(Some(&key_value))?,
-        };
+        let id = self.row_id_of(Some(&key_value))?;
         let mut values = Vec::with_capacity(attrs.len());
         values.push(key_value);
         // The key leads the pull order; the other attributes follow.
-        for &i in self.pull_order.iter().filter(|&&i| i != self.key_index) {
+        for &i in &self.pull_rest {
             let a = &attrs[i];
             values.push(decode(&a.ty, a.name.as_str(), r.get_ref(at + i)?)?);
         }

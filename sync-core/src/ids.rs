@@ -195,6 +195,13 @@ impl TryFrom<String> for RowId {
         RowId::new(s)
     }
 }
+impl From<uuid::Uuid> for RowId {
+    /// The canonical id of a UUID key: lower-case and hyphenated (always valid).
+    fn from(u: uuid::Uuid) -> Self {
+        let mut buf = uuid::Uuid::encode_buffer();
+        RowId(u.hyphenated().encode_lower(&mut buf).to_owned())
+    }
+}
 impl From<RowId> for String {
     fn from(v: RowId) -> String {
         v.0
@@ -319,5 +326,13 @@ mod tests {
     fn row_id_limits() {
         assert!(RowId::new("x".repeat(MAX_ROW_ID_LEN)).is_ok());
         assert!(RowId::new("x".repeat(MAX_ROW_ID_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn a_uuid_row_id_is_lower_case_and_hyphenated() {
+        let u = uuid::Uuid::parse_str("A1B2C3D4E5F60718293A4B5C6D7E8F90").unwrap();
+        let id = RowId::from(u);
+        assert_eq!(id.as_str(), "a1b2c3d4-e5f6-0718-293a-4b5c6d7e8f90");
+        assert_eq!(RowId::new(id.as_str()).unwrap(), id);
     }
 }
