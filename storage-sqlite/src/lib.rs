@@ -114,7 +114,10 @@
 //! whose column list is shared by every row of the page. Measured on
 //! 1,000,000 rows: stepping the pull's join of a partition's entries with
 //! their rows and reading every column costs about 1.5 times raw's ordered
-//! scan of one table; decoding into typed values, ids and changes costs
+//! scan of one table (the join finds each row by its number, and SQLite
+//! steps there cheaply only when it is the previous row's number plus one:
+//! a row outside the partition in between costs a descent from the root);
+//! decoding into typed values, ids and changes costs
 //! about as much again; and the caller frees the page's values on another
 //! thread than the one that allocated them. glibc's malloc makes those
 //! cross-thread frees cost about a tenth of a pull (it consolidates the
