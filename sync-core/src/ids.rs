@@ -198,8 +198,7 @@ impl TryFrom<String> for RowId {
 impl From<uuid::Uuid> for RowId {
     /// The canonical id of a UUID key: lower-case and hyphenated (always valid).
     fn from(u: uuid::Uuid) -> Self {
-        let mut buf = uuid::Uuid::encode_buffer();
-        RowId(u.hyphenated().encode_lower(&mut buf).to_owned())
+        RowId(crate::value::uuid_text(u))
     }
 }
 impl From<RowId> for String {

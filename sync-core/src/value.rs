@@ -167,10 +167,7 @@ impl Value {
             Value::Integer(i) => i.to_string(),
             Value::Decimal(d) => d.normalize().to_string(),
             Value::DateTime(t) => format_datetime(*t),
-            Value::Uuid(u) => {
-                let mut buf = Uuid::encode_buffer();
-                u.hyphenated().encode_lower(&mut buf).to_owned()
-            }
+            Value::Uuid(u) => uuid_text(*u),
             other => match other.to_json() {
                 serde_json::Value::String(s) => s,
                 j => j.to_string(),
@@ -401,6 +398,12 @@ impl From<Decimal> for Value {
     fn from(d: Decimal) -> Self {
         Value::Decimal(d)
     }
+}
+
+/// The canonical text of a UUID: lower-case and hyphenated.
+pub(crate) fn uuid_text(u: Uuid) -> String {
+    let mut buf = Uuid::encode_buffer();
+    u.hyphenated().encode_lower(&mut buf).to_owned()
 }
 
 #[cfg(test)]
