@@ -11,20 +11,29 @@
 //!   only, as the row may be gone — the row id.
 //! * Each staging row carries `_sync_parts`, the list of its entries: for
 //!   every partition it is in, or left and whose tombstone may still exist,
-//!   the pid and seq of the entry (see [`Parts`]). Replacing an op deletes
-//!   the entry the row points at and appends the new one, so the log keeps
-//!   one entry per (partition, row) without an index on rows, and a
+//!   the pid and seq of the entry (see [`Parts`]). Replacing an op appends
+//!   the new entry and retires the one the row points at, so the log keeps
+//!   one live entry per (partition, row) without an index on rows, and a
 //!   recomputation only needs the rows.
+//! * A retired entry is deleted at once, unless it is a put whose version
+//!   the row leaves behind in the same write (an upsert, a delete, a
+//!   rebuild's new version): that one stays in the log as a *stale* entry,
+//!   its id listed in `_sync_stale`, as a pull cannot mistake it for live —
+//!   it skips a put whose version is not its row's, or whose row is gone.
+//!   Stale entries are deleted together, in key order, once they pass a
+//!   share of the log ([`compact`]): deleting each replaced entry at once
+//!   dirtied a page of the log per updated row, scattered, in every commit.
 //! * A deleted row's references (its tombstones) move to `_sync_graves`,
 //!   keyed by the row's key: a row created again with that key takes them
 //!   over, so its puts replace the tombstones rather than sit beside them.
 //!
-//! Invariant (kept by every write): a row's live entries refer to its
-//! current version, except right after a schema rebuild gave it a new one,
-//! which the recomputation that follows repairs (an entry whose seq is
-//! below the row's version is stale). Checksums change by the hash of the
-//! entry replaced and of the entry written, so a partition's checksum is the
-//! sum over its live entries.
+//! Invariant (kept by every write): a row's live puts refer to its current
+//! version, except inside the transaction of a schema rebuild that gave it
+//! a new one, which the recomputation that follows repairs (there a live
+//! entry whose seq is below the row's version is out of date); a stale put
+//! never does. Checksums change by the hash of the entry retired and of the
+//! entry written, so a partition's checksum is the sum over its live
+//! entries.
 
 use std::collections::HashMap;
 
@@ -134,6 +143,7 @@ pub(crate) fn entry_id(pid: i64, seq: i64) -> R<i64> {
 }
 
 const DELETE_ENTRY: &str = "DELETE FROM _sync_membership WHERE id = ?1";
+const INSERT_STALE: &str = "INSERT INTO _sync_stale (id) VALUES (?1)";
 const INSERT_ENTRY: &str = "INSERT INTO _sync_membership (id, eid, rid, version, removed, row_id) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
@@ -154,6 +164,30 @@ const SHARED_KEYS: usize = 8;
 const INSERT_BATCH: usize = 64;
 /// Entries deleted per `DELETE … IN (…)` when the log is flushed.
 const DELETE_BATCH: usize = 64;
+/// Stale entries are compacted once there are more than this many…
+const STALE_MIN: u64 = 4096;
+/// …and more than one per this many live puts of the org.
+const STALE_SHARE: u64 = 8;
+
+/// What a write puts in a partition, and what becomes of the row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// A put of the row at this version, which the row has once written.
+    Put(Seq),
+    /// A remove; the row stays at this version (`None`: it is deleted).
+    Remove(Option<Seq>),
+}
+
+impl Op {
+    /// Whether a put entry of `version` is stale once the row is written:
+    /// the row's version moves past it, or the row is gone.
+    fn leaves_behind(self, version: Seq) -> bool {
+        match self {
+            Op::Put(v) | Op::Remove(Some(v)) => v != version,
+            Op::Remove(None) => true,
+        }
+    }
+}
 
 /// An entry waiting to be inserted.
 struct PendingEntry {
@@ -189,6 +223,9 @@ pub(crate) struct MembershipWriter<'c> {
     /// Entries of earlier transactions that were replaced, deleted at
     /// flush in key order.
     doomed: Vec<i64>,
+    /// Puts of earlier transactions that were replaced and stay as stale
+    /// entries, listed at flush.
+    stale: Vec<i64>,
     info: HashMap<i64, PartitionInfo>,
     deltas: HashMap<i64, (u32, i64)>,
     /// Keys the planner hands out as the same shared text for every row
@@ -210,6 +247,7 @@ impl<'c> MembershipWriter<'c> {
             delete: conn.prepare_cached(DELETE_ENTRY)?,
             pids: HashMap::new(),
             doomed: Vec::new(),
+            stale: Vec::new(),
             info: HashMap::new(),
             deltas: HashMap::new(),
             shared_keys: Vec::new(),
@@ -304,28 +342,32 @@ impl<'c> MembershipWriter<'c> {
         }
     }
 
-    /// Replaces the row's entry in `pid` (`old`, whose version is
-    /// `old_version` when it is live) by a new entry at `seq`: a put of
-    /// `version`, or a remove. Returns the row's new reference.
+    /// Replaces the row's entry in `pid` (`old`, with its version when it
+    /// is a put) by a new entry at `seq`, as `op` says. Returns the row's
+    /// new reference.
     pub(crate) fn write(
         &mut self,
         pid: i64,
         m: Member<'_>,
-        old: Option<PartRef>,
-        old_version: Seq,
+        old: Option<(PartRef, Seq)>,
         seq: Seq,
-        put: Option<Seq>,
+        op: Op,
     ) -> R<PartRef> {
-        if let Some(old) = old {
+        if let Some((old, old_version)) = old {
             let id = entry_id(pid, old.seq)?;
             match self.find_pending(id) {
                 Some(i) => self.pending[i].live = false,
+                None if !old.removed && op.leaves_behind(old_version) => self.stale.push(id),
                 None => self.doomed.push(id),
             }
             if !old.removed {
                 self.delta(pid, m, old_version, false);
             }
         }
+        let put = match op {
+            Op::Put(version) => Some(version),
+            Op::Remove(_) => None,
+        };
         self.note_entity(pid, m.eid);
         let seq_i = version_param(seq)?;
         let version = put.unwrap_or(seq);
@@ -360,6 +402,40 @@ impl<'c> MembershipWriter<'c> {
             .query_row([entry_id(pid, seq)?], |r| r.get(0))
             .optional()?;
         v.map(seq_of).transpose()
+    }
+
+    /// Lists the stale entries; compacts them when they are many.
+    fn flush_stale(&mut self) -> R<()> {
+        if self.stale.is_empty() {
+            return Ok(());
+        }
+        let mut stale = std::mem::take(&mut self.stale);
+        stale.sort_unstable();
+        let mut chunks = stale.chunks_exact(INSERT_BATCH);
+        if stale.len() >= INSERT_BATCH {
+            let marks = vec!["(?)"; INSERT_BATCH].join(", ");
+            let mut batch =
+                self.conn.prepare_cached(&format!("INSERT INTO _sync_stale (id) VALUES {marks}"))?;
+            for chunk in chunks.by_ref() {
+                for (i, id) in chunk.iter().enumerate() {
+                    batch.raw_bind_parameter(i + 1, id)?;
+                }
+                batch.raw_execute()?;
+            }
+        }
+        let mut one = self.conn.prepare_cached(INSERT_STALE)?;
+        for id in chunks.remainder() {
+            one.execute([id])?;
+        }
+        let (count, live): (i64, f64) = self.conn.prepare_cached(
+            "SELECT (SELECT count(*) FROM _sync_stale), (SELECT total(checksum_count) FROM _sync_partitions)",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (count, live) = (count.max(0) as u64, live.max(0.0) as u64);
+        if count > STALE_MIN && count > live / STALE_SHARE {
+            compact(self.conn)?;
+        }
+        Ok(())
     }
 
     /// Deletes the replaced entries, in key order and many per statement
@@ -419,6 +495,7 @@ impl<'c> MembershipWriter<'c> {
     pub(crate) fn flush(mut self) -> R<()> {
         self.flush_deletes()?;
         self.flush_log()?;
+        self.flush_stale()?;
         let mut stmt = self.conn.prepare_cached(
             "UPDATE _sync_partitions SET checksum_sum = (checksum_sum + ?1) % 4294967296, \
              checksum_count = checksum_count + ?2 WHERE pid = ?3",
@@ -437,6 +514,31 @@ impl<'c> MembershipWriter<'c> {
         }
         Ok(())
     }
+}
+
+/// Deletes every stale entry from the log, in key order; returns how many.
+pub(crate) fn compact(conn: &Connection) -> R<u64> {
+    let started = std::time::Instant::now();
+    // SQLite reads the ids in key order and deletes each by its key.
+    let deleted = conn
+        .prepare_cached("DELETE FROM _sync_membership WHERE id IN (SELECT id FROM _sync_stale)")?
+        .execute([])?;
+    conn.prepare_cached("DELETE FROM _sync_stale")?.execute([])?;
+    tracing::debug!(
+        deleted,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "compacted the membership log"
+    );
+    Ok(deleted as u64)
+}
+
+/// Whether the entry `id` is stale (listed in `_sync_stale`).
+pub(crate) fn is_stale(conn: &Connection, id: i64) -> R<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM _sync_stale WHERE id = ?1")?
+        .query_row([id], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 #[cfg(test)]
@@ -471,10 +573,21 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn buffered_entries_replace_each_other_and_flush_in_key_order() {
+    fn stale(conn: &Connection) -> Vec<i64> {
+        let mut stmt = conn.prepare("SELECT id FROM _sync_stale ORDER BY id").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    fn org_conn() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(crate::org_db::ORG_DDL).unwrap();
+        crate::org_db::complete_layout(&conn).unwrap();
+        conn
+    }
+
+    #[test]
+    fn buffered_entries_replace_each_other_and_flush_in_key_order() {
+        let conn = org_conn();
         let entity = EntityName::new("account").unwrap();
         let (a, b) = (RowId::new("a").unwrap(), RowId::new("b").unwrap());
         let ma = Member { eid: 1, rid: 1, entity: &entity, row_id: &a };
@@ -484,43 +597,93 @@ mod tests {
         let mut w = MembershipWriter::new(&conn).unwrap();
         let p = w.pid(&PartitionKey::new("p").unwrap()).unwrap();
         let q = w.pid(&PartitionKey::new("q").unwrap()).unwrap();
-        let a_p = w.write(p, ma, None, Seq::ZERO, Seq(1), Some(Seq(1))).unwrap();
-        let a_q = w.write(q, ma, None, Seq::ZERO, Seq(1), Some(Seq(1))).unwrap();
-        let b_p = w.write(p, mb, None, Seq::ZERO, Seq(2), Some(Seq(2))).unwrap();
+        let a_p = w.write(p, ma, None, Seq(1), Op::Put(Seq(1))).unwrap();
+        let a_q = w.write(q, ma, None, Seq(1), Op::Put(Seq(1))).unwrap();
+        let b_p = w.write(p, mb, None, Seq(2), Op::Put(Seq(2))).unwrap();
         w.flush().unwrap();
         let id = |pid: i64, seq: i64| entry_id(pid, seq).unwrap();
         assert_eq!(log(&conn).iter().map(|e| e.0).collect::<Vec<_>>(), [id(p, 1), id(p, 2), id(q, 1)]);
 
         // This one: a changes twice (its first new entries are replaced in
-        // memory, its old ones deleted), leaves q, and b leaves p.
+        // memory; its old puts, of a version it leaves, stay as stale
+        // entries) and leaves q; b leaves p without a new version (a
+        // profile change), so its put is deleted at once.
         let mut w = MembershipWriter::new(&conn).unwrap();
         assert_eq!(w.entry_version(p, 1).unwrap(), Some(Seq(1)));
-        let a_p3 = w.write(p, ma, Some(a_p), Seq(1), Seq(3), Some(Seq(3))).unwrap();
-        let a_q3 = w.write(q, ma, Some(a_q), Seq(1), Seq(3), Some(Seq(3))).unwrap();
+        let a_p3 = w.write(p, ma, Some((a_p, Seq(1))), Seq(3), Op::Put(Seq(3))).unwrap();
+        let a_q3 = w.write(q, ma, Some((a_q, Seq(1))), Seq(3), Op::Put(Seq(3))).unwrap();
         assert_eq!(w.entry_version(q, 3).unwrap(), Some(Seq(3)));
-        w.write(p, ma, Some(a_p3), Seq(3), Seq(4), Some(Seq(4))).unwrap();
-        w.write(q, ma, Some(a_q3), Seq(3), Seq(4), None).unwrap();
+        w.write(p, ma, Some((a_p3, Seq(3))), Seq(4), Op::Put(Seq(4))).unwrap();
+        w.write(q, ma, Some((a_q3, Seq(3))), Seq(4), Op::Remove(Some(Seq(4)))).unwrap();
         assert_eq!(w.entry_version(p, 3).unwrap(), None, "replaced in this transaction");
         assert_eq!(w.entry_version(p, 4).unwrap(), Some(Seq(4)));
-        w.write(p, mb, Some(b_p), Seq(2), Seq(5), None).unwrap();
+        w.write(p, mb, Some((b_p, Seq(2))), Seq(5), Op::Remove(Some(Seq(2)))).unwrap();
         w.flush().unwrap();
         assert_eq!(
             log(&conn),
             [
+                (id(p, 1), 1, 1, false, None),
                 (id(p, 4), 1, 4, false, None),
                 (id(p, 5), 2, 5, true, Some("b".into())),
+                (id(q, 1), 1, 1, false, None),
                 (id(q, 4), 1, 4, true, Some("a".into())),
             ]
         );
+        assert_eq!(stale(&conn), [id(p, 1), id(q, 1)]);
+        assert!(is_stale(&conn, id(q, 1)).unwrap() && !is_stale(&conn, id(q, 4)).unwrap());
+
+        // Compaction deletes exactly the stale entries.
+        assert_eq!(compact(&conn).unwrap(), 2);
+        assert_eq!(log(&conn).iter().map(|e| e.0).collect::<Vec<_>>(), [id(p, 4), id(p, 5), id(q, 4)]);
+        assert!(stale(&conn).is_empty());
 
         // Seqs written out of order (no caller does) are still found.
         let mut w = MembershipWriter::new(&conn).unwrap();
-        let a_p7 = w.write(p, ma, None, Seq::ZERO, Seq(7), Some(Seq(7))).unwrap();
-        w.write(q, mb, None, Seq::ZERO, Seq(6), Some(Seq(6))).unwrap();
+        let a_p7 = w.write(p, ma, None, Seq(7), Op::Put(Seq(7))).unwrap();
+        w.write(q, mb, None, Seq(6), Op::Put(Seq(6))).unwrap();
         assert_eq!(w.entry_version(p, 7).unwrap(), Some(Seq(7)));
-        w.write(p, ma, Some(a_p7), Seq(7), Seq(8), Some(Seq(8))).unwrap();
+        w.write(p, ma, Some((a_p7, Seq(7))), Seq(8), Op::Put(Seq(8))).unwrap();
         w.flush().unwrap();
         let ids: Vec<i64> = log(&conn).iter().map(|e| e.0).collect();
         assert!(ids.contains(&id(p, 8)) && ids.contains(&id(q, 6)) && !ids.contains(&id(p, 7)));
+        assert!(stale(&conn).is_empty(), "an entry of the same transaction never goes stale");
+    }
+
+    #[test]
+    fn stale_entries_are_compacted_once_they_are_many() {
+        let conn = org_conn();
+        let entity = EntityName::new("account").unwrap();
+        let ids: Vec<RowId> = (0..5000).map(|i| RowId::new(format!("r{i}")).unwrap()).collect();
+        let member = |i: usize| Member { eid: 1, rid: i as i64 + 1, entity: &entity, row_id: &ids[i] };
+        let key = PartitionKey::new("p").unwrap();
+
+        // Version 1 of every row, then version 2 of `n` of them.
+        let mut w = MembershipWriter::new(&conn).unwrap();
+        let p = w.pid(&key).unwrap();
+        let mut refs = Vec::new();
+        for i in 0..ids.len() {
+            refs.push(w.write(p, member(i), None, Seq(i as u64 + 1), Op::Put(Seq(1))).unwrap());
+        }
+        w.flush().unwrap();
+        let mut next = ids.len() as u64;
+        let mut update = |conn: &Connection, rows: std::ops::Range<usize>| {
+            let mut w = MembershipWriter::new(conn).unwrap();
+            for i in rows {
+                next += 1;
+                refs[i] = w.write(p, member(i), Some((refs[i], Seq(1))), Seq(next), Op::Put(Seq(2))).unwrap();
+            }
+            w.flush().unwrap();
+        };
+
+        // A few stale entries wait…
+        update(&conn, 0..100);
+        assert_eq!(stale(&conn).len(), 100);
+        assert_eq!(log(&conn).len(), ids.len() + 100);
+        // …past the minimum and a share of the live puts, they go at once.
+        update(&conn, 100..ids.len());
+        assert!(stale(&conn).is_empty());
+        let log = log(&conn);
+        assert_eq!(log.len(), ids.len());
+        assert!(log.iter().all(|e| e.2 == 2), "only the live puts are left");
     }
 }

@@ -19,7 +19,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::error::{R, StoreError};
 use crate::membership::MembershipWriter;
-use crate::membership::{MAX_SEQ, Member, PartRef, Parts, entry_id};
+use crate::membership::{MAX_SEQ, Member, Op, PartRef, Parts, entry_id, is_stale};
 use crate::sql::{ConnSettings, open, quote};
 use crate::table::{
     PARTS_COLUMN, RESERVED_PREFIX, RID_COLUMN, Stored, Table, VERSION_COLUMN, seq_of, version_param,
@@ -73,11 +73,6 @@ CREATE TABLE IF NOT EXISTS _sync_membership (
     removed INTEGER NOT NULL,
     row_id  TEXT
 );
-CREATE VIEW IF NOT EXISTS _sync_membership_view AS
-    SELECT p.key AS partition, s.entity, m.rid, m.row_id, m.id & 1099511627775 AS seq, m.version, m.removed
-    FROM _sync_membership m
-    JOIN _sync_partitions p ON p.pid = m.id >> 40
-    JOIN _sync_schemas s ON s.eid = m.eid;
 CREATE TABLE IF NOT EXISTS _sync_tokens (
     entity TEXT PRIMARY KEY,
     token  TEXT NOT NULL
@@ -102,7 +97,8 @@ CREATE TABLE IF NOT EXISTS _sync_mutations (
 /// opened. `_sync_graves` keeps, per deleted row (entity id, stored key),
 /// the row's membership references (its tombstones) and the newest of
 /// their seqs, so a row created again with that key replaces its
-/// tombstones instead of sitting beside them.
+/// tombstones instead of sitting beside them. `_sync_stale` lists the
+/// stale entries of the membership log (see [`crate::membership`]).
 const LATER_DDL: &str = "
 CREATE TABLE IF NOT EXISTS _sync_graves (
     eid   INTEGER NOT NULL,
@@ -111,11 +107,36 @@ CREATE TABLE IF NOT EXISTS _sync_graves (
     seq   INTEGER NOT NULL,
     PRIMARY KEY (eid, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _sync_stale (
+    id INTEGER PRIMARY KEY
+);
 ";
 
-/// Completes the layout of an existing org database (see [`LATER_DDL`]).
+/// The live membership log, with partition keys, entity names and seqs
+/// spelled out: what a person reading the file wants to see.
+const MEMBERSHIP_VIEW: &str = "
+CREATE VIEW _sync_membership_view AS
+    SELECT p.key AS partition, s.entity, m.rid, m.row_id, m.id & 1099511627775 AS seq, m.version, m.removed
+    FROM _sync_membership m
+    JOIN _sync_partitions p ON p.pid = m.id >> 40
+    JOIN _sync_schemas s ON s.eid = m.eid
+    WHERE m.id NOT IN (SELECT id FROM _sync_stale);
+";
+
+/// Completes the layout of an existing org database (see [`LATER_DDL`]);
+/// replaces a membership view written before stale entries existed.
 pub(crate) fn complete_layout(conn: &Connection) -> R<()> {
     conn.execute_batch(LATER_DDL)?;
+    let view: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'view' AND name = '_sync_membership_view'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if !view.is_some_and(|sql| sql.contains("_sync_stale")) {
+        conn.execute_batch(&format!("DROP VIEW IF EXISTS _sync_membership_view; {MEMBERSHIP_VIEW}"))?;
+    }
     Ok(())
 }
 
@@ -125,7 +146,7 @@ pub(crate) fn create_file(path: &Path, settings: &ConnSettings) -> R<(Connection
     let mut conn = open(path, settings, true, false)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(ORG_DDL)?;
-    tx.execute_batch(LATER_DDL)?;
+    complete_layout(&tx)?;
     // This creation of the org: a new file gets a new id, an existing one keeps its own.
     tx.execute(
         "INSERT OR IGNORE INTO _sync_info (key, value) VALUES ('incarnation', ?1)",
@@ -539,11 +560,17 @@ fn recompute_entity(
                     parts.push(*r);
                 } else if wanted {
                     let s = next(head);
-                    parts.push(writer.write(r.pid, m, Some(*r), live_version, s, Some(version))?);
+                    parts.push(writer.write(r.pid, m, Some((*r, live_version)), s, Op::Put(version))?);
                     changed = true;
                 } else if !r.removed {
                     let s = next(head);
-                    parts.push(writer.write(r.pid, m, Some(*r), live_version, s, None)?);
+                    parts.push(writer.write(
+                        r.pid,
+                        m,
+                        Some((*r, live_version)),
+                        s,
+                        Op::Remove(Some(version)),
+                    )?);
                     changed = true;
                 } else {
                     parts.push(*r);
@@ -552,7 +579,7 @@ fn recompute_entity(
             for pid in desired {
                 if stored.parts.get(pid).is_none() {
                     let s = next(head);
-                    parts.push(writer.write(pid, m, None, Seq::ZERO, s, Some(version))?);
+                    parts.push(writer.write(pid, m, None, s, Op::Put(version))?);
                     changed = true;
                 }
             }
@@ -735,7 +762,8 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
                 };
                 if let Some(tombstones) = grave {
                     let m = Member { eid, rid: next_rid, entity, row_id: &row.id };
-                    let parts = restage(&mut writer, m, Some((&tombstones, Seq::ZERO)), &pids, seq, floor)?;
+                    let parts =
+                        restage(&mut writer, m, Some((&tombstones, Seq::ZERO)), Some(&pids), seq, floor)?;
                     table.bind_row(&mut try_insert, next_rid, row, seq, &parts)?;
                     if try_insert.raw_execute()? != 1 {
                         return Err(StoreError::Corrupt(format!(
@@ -763,7 +791,7 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
                     if try_insert.raw_execute()? == 1 {
                         let m = Member { eid, rid: next_rid, entity, row_id: &row.id };
                         for &pid in &pids {
-                            writer.write(pid, m, None, Seq::ZERO, seq, Some(seq))?;
+                            writer.write(pid, m, None, seq, Op::Put(seq))?;
                         }
                         head = seq;
                         next_rid += 1;
@@ -789,7 +817,8 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
                 }
                 head = seq;
                 let m = Member { eid, rid: prev.rid, entity, row_id: &row.id };
-                let parts = restage(&mut writer, m, Some((&prev.parts, prev.version)), &pids, head, floor)?;
+                let parts =
+                    restage(&mut writer, m, Some((&prev.parts, prev.version)), Some(&pids), head, floor)?;
                 table.bind_row(&mut update, prev.rid, row, head, &parts)?;
                 update.raw_execute()?;
                 outcome.upserted += 1;
@@ -802,7 +831,7 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
             head = head.next();
             let m = Member { eid, rid: prev.rid, entity, row_id: &prev.staged.row.id };
             let tombstones =
-                restage(&mut writer, m, Some((&prev.parts, prev.staged.version)), &[], head, floor)?;
+                restage(&mut writer, m, Some((&prev.parts, prev.staged.version)), None, head, floor)?;
             delete.execute([prev.rid])?;
             if let Some(newest) = tombstones.0.iter().map(|p| p.seq).max() {
                 // Deletes come after the page's upserts: no row of this
@@ -832,26 +861,29 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
 
 /// Writes the membership ops of one row changing at `seq` from `previous`
 /// (its references and version; for a row created again, the tombstones
-/// its grave kept) to a row in the partitions `pids` (empty for a delete): what [`MembershipPlanner::plan`] gives — a remove for
-/// every partition the row was in and is not any more, a put for every
-/// partition it is in — each replacing the row's previous entry in that
-/// partition. Returns the row's new references (tombstones purged below
-/// `floor` are forgotten).
+/// its grave kept) to a row at version `seq` in the partitions `pids`
+/// (what [`MembershipPlanner::plan`] gives; `None` when the row is
+/// deleted): a remove for every partition the row was in and is not any
+/// more, a put for every partition it is in — each replacing the row's
+/// previous entry in that partition. Returns the row's new references
+/// (tombstones purged below `floor` are forgotten).
 fn restage(
     writer: &mut MembershipWriter<'_>,
     m: Member<'_>,
     previous: Option<(&Parts, Seq)>,
-    pids: &[i64],
+    pids: Option<&[i64]>,
     seq: Seq,
     floor: i64,
 ) -> R<Parts> {
+    let row_version = pids.map(|_| seq);
+    let pids = pids.unwrap_or_default();
     let mut parts: Vec<PartRef> = Vec::with_capacity(pids.len());
     if let Some((prev, prev_version)) = previous {
         for r in &prev.0 {
             if pids.contains(&r.pid) {
-                parts.push(writer.write(r.pid, m, Some(*r), prev_version, seq, Some(seq))?);
+                parts.push(writer.write(r.pid, m, Some((*r, prev_version)), seq, Op::Put(seq))?);
             } else if !r.removed {
-                parts.push(writer.write(r.pid, m, Some(*r), prev_version, seq, None)?);
+                parts.push(writer.write(r.pid, m, Some((*r, prev_version)), seq, Op::Remove(row_version))?);
             } else if r.seq > floor {
                 parts.push(*r);
             }
@@ -859,7 +891,7 @@ fn restage(
     }
     for &pid in pids {
         if previous.and_then(|(p, _)| p.get(pid)).is_none() {
-            parts.push(writer.write(pid, m, None, Seq::ZERO, seq, Some(seq))?);
+            parts.push(writer.write(pid, m, None, seq, Op::Put(seq))?);
         }
     }
     Ok(Parts(parts))
@@ -992,12 +1024,14 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
             let mut stmt = tx.prepare_cached(&table.pull_join_sql())?;
             let mut rows = stmt.query(rusqlite::params![from, to])?;
+            let row_version_at = 4 + table.meta.attributes.len();
             while let Some(r) = rows.next()? {
                 if changes.len() >= max_rows {
                     more = true;
                     break;
                 }
-                let seq = seq_of(r.get(0)?)?;
+                let seq_i: i64 = r.get(0)?;
+                let seq = seq_of(seq_i)?;
                 let removed: bool = r.get(1)?;
                 let (row_id, row, size) = if removed {
                     let row_id =
@@ -1005,7 +1039,18 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                     let size = row_id.as_str().len() + REMOVE_OVERHEAD;
                     (row_id, None, size)
                 } else {
-                    let Some((row_id, pulled)) = table.decode_pulled(r, 3)? else {
+                    // A put of another version than its row's, or of a row
+                    // that is gone, is stale: skipped.
+                    let row_version: Option<i64> = r.get(row_version_at)?;
+                    let stale = match row_version {
+                        Some(v) => v != r.get::<_, i64>(3)?,
+                        None => is_stale(&tx, entry_id(pid, seq_i)?)?,
+                    };
+                    if stale {
+                        last = seq;
+                        continue;
+                    }
+                    let Some((row_id, pulled)) = table.decode_pulled(r, 4)? else {
                         return Err(StoreError::Corrupt(format!(
                             "partition '{key}' holds a row of '{}' at seq {seq} that is not staged",
                             table.meta.name
@@ -1031,7 +1076,7 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             continue;
         }
         let mut stmt = tx.prepare_cached(
-            "SELECT id & 1099511627775, eid, rid, removed, row_id FROM _sync_membership \
+            "SELECT id & 1099511627775, eid, rid, removed, row_id, version FROM _sync_membership \
              WHERE id > ?1 AND id <= ?2 ORDER BY id",
         )?;
         let mut rows = stmt.query(rusqlite::params![from, to])?;
@@ -1040,7 +1085,8 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                 more = true;
                 break;
             }
-            let seq = seq_of(r.get(0)?)?;
+            let seq_i: i64 = r.get(0)?;
+            let seq = seq_of(seq_i)?;
             let eid: i64 = r.get(1)?;
             let rid: i64 = r.get(2)?;
             let removed: bool = r.get(3)?;
@@ -1054,12 +1100,24 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                 let size = row_id.as_str().len() + REMOVE_OVERHEAD;
                 (row_id, None, size)
             } else {
-                let staged = table.get_by_rid(&tx, rid)?.ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "partition '{key}' holds row {rid} of '{}', which is not staged",
-                        table.meta.name
-                    ))
-                })?;
+                // Stale puts are skipped, as in the joined read above.
+                let staged = match table.get_by_rid(&tx, rid)? {
+                    Some(staged) if version_param(staged.version)? == r.get::<_, i64>(5)? => staged,
+                    Some(_) => {
+                        last = seq;
+                        continue;
+                    }
+                    None if is_stale(&tx, entry_id(pid, seq_i)?)? => {
+                        last = seq;
+                        continue;
+                    }
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "partition '{key}' holds row {rid} of '{}', which is not staged",
+                            table.meta.name
+                        )));
+                    }
+                };
                 let size = staged.row.approx_size();
                 let row_id = staged.row.id.clone();
                 (row_id, Some(PulledRow::from_staged(table.pull_columns(), staged)), size)
@@ -1140,7 +1198,8 @@ pub(crate) fn row_ids(
     ids.into_iter().map(|s| RowId::new(s).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
 }
 
-/// Deletes remove-entries at or below `up_to` and raises the floor.
+/// Deletes remove-entries at or below `up_to` and raises the floor; also
+/// compacts the stale entries of the log (see [`crate::membership`]).
 pub(crate) fn purge_tombstones(conn: &mut Connection, up_to: Seq) -> R<u64> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let head = head(&tx)?;
@@ -1159,6 +1218,8 @@ pub(crate) fn purge_tombstones(conn: &mut Connection, up_to: Seq) -> R<u64> {
     }
     // Graves whose tombstones are all purged have nothing left to replace.
     tx.prepare_cached("DELETE FROM _sync_graves WHERE seq <= ?1")?.execute([version_param(up_to)?])?;
+    // Maintenance also drops the stale entries, however few.
+    crate::membership::compact(&tx)?;
     if up_to > tombstone_floor(&tx)? {
         meta_set(&tx, "tombstone_floor", version_param(up_to)?)?;
     }

@@ -154,8 +154,9 @@ impl Table {
     /// Selects the membership entries of one partition in an entry-id
     /// range (`?1` exclusive, `?2` inclusive), in seq order,
     /// each with its row of this table (null columns for removes).
-    /// Columns: seq, removed, row_id, then the attributes and the version
-    /// (what [`Table::decode_pulled`] reads).
+    /// Columns: seq, removed, row_id, the entry's version, then the
+    /// attributes and the row's version (what [`Table::decode_pulled`]
+    /// reads).
     pub(crate) fn pull_join_sql(&self) -> String {
         let cols: Vec<String> = self
             .meta
@@ -166,7 +167,7 @@ impl Table {
             .map(|c| format!("t.{}", quote(c)))
             .collect();
         format!(
-            "SELECT m.id & {}, m.removed, m.row_id, {} FROM _sync_membership m \
+            "SELECT m.id & {}, m.removed, m.row_id, m.version, {} FROM _sync_membership m \
              LEFT JOIN {} t ON t.{} = m.rid AND m.removed = 0 \
              WHERE m.id > ?1 AND m.id <= ?2 ORDER BY m.id",
             crate::membership::MAX_SEQ,

@@ -768,11 +768,25 @@ async fn a_row_created_again_replaces_its_tombstones() {
         }
         assert_membership_recomputes(&store, &org, &account_meta()).await;
     }
-    // An org database written before graves existed gets the table on open
-    // and keeps working (its deleted rows simply have no grave).
+    // An org database written before graves and stale entries existed
+    // (no `_sync_graves`, no `_sync_stale`, a view that reads every entry)
+    // gets the tables and the view on open and keeps working (its deleted
+    // rows simply have no grave).
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE _sync_graves;").unwrap();
+        conn.execute_batch(
+            "DROP TABLE _sync_graves;
+             DELETE FROM _sync_membership WHERE id IN (SELECT id FROM _sync_stale);
+             DROP TABLE _sync_stale;
+             DROP VIEW _sync_membership_view;
+             CREATE VIEW _sync_membership_view AS
+                 SELECT p.key AS partition, s.entity, m.rid, m.row_id, m.id & 1099511627775 AS seq, m.version,
+                     m.removed
+                 FROM _sync_membership m
+                 JOIN _sync_partitions p ON p.pid = m.id >> 40
+                 JOIN _sync_schemas s ON s.eid = m.eid;",
+        )
+        .unwrap();
     }
     let store = open_store(dir.path(), StoreOptions::default()).await;
     let staging = store.org(&org).await.unwrap();
@@ -1199,4 +1213,132 @@ async fn pulls_read_hand_edited_keys_canonically_and_refuse_missing_rows() {
     let err = staging.pull(&plan).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Internal);
     assert!(err.to_string().contains("not staged"), "{err}");
+}
+
+/// Pulls every change of `key` from the start, `max_rows` at a time; returns
+/// the rows it holds at the end (id and version) and whether any row came
+/// twice (a from-scratch pull of a partition meets each row at most once).
+async fn held_after_pull(
+    staging: &dyn OrgStaging,
+    key: &PartitionKey,
+    max_rows: usize,
+) -> BTreeSet<(String, u64)> {
+    let mut position = Seq::ZERO;
+    let mut seen = BTreeSet::new();
+    let mut held = std::collections::BTreeMap::new();
+    loop {
+        let p = staging
+            .pull(&PullPlan { partitions: vec![(key.clone(), position)], max_rows, max_bytes: 1 << 30 })
+            .await
+            .unwrap();
+        for c in &p.changes {
+            assert!(seen.insert(c.row_id.clone()), "{} came twice from {key}", c.row_id);
+            match &c.row {
+                Some(r) => held.insert(c.row_id.to_string(), r.version().0),
+                None => held.remove(c.row_id.as_str()),
+            };
+        }
+        position = p.positions[0].1;
+        if !p.more {
+            return held.into_iter().collect();
+        }
+    }
+}
+
+#[tokio::test]
+async fn pulls_skip_stale_puts_in_single_and_mixed_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, staging) = setup(dir.path()).await;
+    let org = org_id("contoso");
+    let path = store.org_path(&org);
+    let account = entity("account");
+    let sales = sales_profile();
+    staging.put_profile(&sales).await.unwrap();
+
+    // Item `field/open` first selects contacts, then accounts: its
+    // partition holds entries of both entities, read row by row.
+    let contact = EntityMetadata::new(
+        entity("contact"),
+        col("contactid"),
+        vec![
+            Attribute::new(col("contactid"), AttributeType::Integer),
+            Attribute::new(col("statecode"), AttributeType::Integer),
+        ],
+    )
+    .unwrap();
+    staging.apply_schema(&contact).await.unwrap();
+    let field = |on: &str| {
+        let mut open = ProfileItem::new(entity(on), "statecode eq 0");
+        open.id = Some(sync_core::ItemId::new("open").unwrap());
+        Profile {
+            name: ProfileName::new("field").unwrap(),
+            roles: ["field".to_owned()].into(),
+            items: vec![open],
+        }
+    };
+    staging.put_profile(&field("contact")).await.unwrap();
+    let contacts: Vec<Row> = (0..5)
+        .map(|i| Row::new(RowId::new(i.to_string()).unwrap(), [(col("statecode"), Value::Integer(0))]))
+        .collect();
+    staging.apply_changes(&entity("contact"), page(contacts, vec![], "c1")).await.unwrap();
+    staging.put_profile(&field("account")).await.unwrap();
+
+    // Rows, then new versions of some (moving owners and states) and
+    // deletes: their replaced puts stay in the log as stale entries.
+    let rows: Vec<Row> = (0..60).map(|i| account_row(i, 0, 3)).collect();
+    staging.apply_changes(&account, page(rows, vec![], "t1")).await.unwrap();
+    let moved: Vec<Row> = (0..30).map(|i| account_row(i, 1, 3)).collect();
+    let deleted: Vec<RowId> = (40..50).map(|i| account_row(i, 0, 3).id).collect();
+    staging.apply_changes(&account, page(moved, deleted, "t2")).await.unwrap();
+    let again: Vec<Row> = (0..10).map(|i| account_row(i, 2, 3)).collect();
+    staging.apply_changes(&account, page(again, vec![], "t3")).await.unwrap();
+
+    let open_key = Partition {
+        profile: ProfileName::new("field").unwrap(),
+        item: sync_core::ItemId::new("open").unwrap(),
+        entity: account.clone(),
+        params: Default::default(),
+    }
+    .key();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let stale: i64 = conn.query_row("SELECT count(*) FROM _sync_stale", [], |r| r.get(0)).unwrap();
+        assert!(stale > 30, "updates and deletes leave stale puts ({stale})");
+        let mixed: bool = conn
+            .query_row("SELECT mixed FROM _sync_partitions WHERE key = ?1", [open_key.as_str()], |r| r.get(0))
+            .unwrap();
+        assert!(mixed, "{open_key} holds entries of two entities");
+    }
+
+    let rows = all_rows(staging.as_ref(), &account).await;
+    let profiles = [sales.clone(), field("account")];
+    let expected = recompute(&account_meta(), &profiles, &rows);
+    let mut keys = vec![open_key, key_of(&sales, "active", &[])];
+    keys.extend((0..3).map(|o| key_of(&sales, "mine", &[("user.id", owner(o, 3).to_string())])));
+    for key in &keys {
+        let want = expected.get(key.as_str()).map(|e| e.0.clone()).unwrap_or_default();
+        assert!(!want.is_empty(), "{key} has members");
+        for max_rows in [1, 7, 1_000] {
+            assert_eq!(
+                held_after_pull(staging.as_ref(), key, max_rows).await,
+                want,
+                "{key}, pages of {max_rows}"
+            );
+        }
+    }
+    // (The checksums of the org's partitions are all of accounts now.)
+    assert_membership_recomputes(&store, &org, &account_meta()).await;
+
+    // Maintenance compacts them: the same pulls, nothing stale left.
+    staging.purge_tombstones(Seq::ZERO).await.unwrap();
+    let stale: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM _sync_stale", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stale, 0);
+    for key in &keys {
+        let want = expected.get(key.as_str()).map(|e| e.0.clone()).unwrap_or_default();
+        assert_eq!(held_after_pull(staging.as_ref(), key, 7).await, want, "{key} after compaction");
+    }
+    assert_membership_recomputes(&store, &org, &account_meta()).await;
 }

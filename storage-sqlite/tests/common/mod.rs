@@ -175,6 +175,35 @@ pub fn stored_membership(path: &Path, meta: &EntityMetadata) -> Membership {
         assert!(!set.iter().any(|(i, _)| *i == id), "two live entries for {id} in {key}");
         set.insert((id, v as u64));
     }
+    // What a pull relies on to skip stale puts: a listed (stale) entry is
+    // a put whose row is gone or has another version; every other put's
+    // row has the entry's version.
+    let sql = format!(
+        "SELECT m.id, m.version, t._sync_version, m.id IN (SELECT id FROM _sync_stale) FROM _sync_membership m \
+         JOIN _sync_schemas s ON s.eid = m.eid LEFT JOIN \"{}\" t ON t._sync_rid = m.rid \
+         WHERE s.entity = ?1 AND m.removed = 0",
+        meta.name
+    );
+    let mut stmt = conn.prepare(&sql).unwrap();
+    let mut rows = stmt.query([meta.name.as_str()]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        let (id, version, row_version, stale): (i64, i64, Option<i64>, bool) =
+            (r.get(0).unwrap(), r.get(1).unwrap(), r.get(2).unwrap(), r.get(3).unwrap());
+        if stale {
+            assert_ne!(row_version, Some(version), "stale entry {id} looks live");
+        } else {
+            assert_eq!(row_version, Some(version), "live entry {id} is not its row's version");
+        }
+    }
+    let stale_not_puts: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM _sync_stale s LEFT JOIN _sync_membership m ON m.id = s.id \
+             WHERE m.id IS NULL OR m.removed = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stale_not_puts, 0, "every listed stale entry is a put in the log");
     let mut stmt = conn.prepare("SELECT key, checksum_sum, checksum_count FROM _sync_partitions").unwrap();
     let mut rows = stmt.query([]).unwrap();
     while let Some(r) = rows.next().unwrap() {
