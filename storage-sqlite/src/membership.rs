@@ -162,8 +162,8 @@ struct PartitionInfo {
 const SHARED_KEYS: usize = 8;
 /// Entries inserted per multi-row `INSERT` when the log is flushed.
 const INSERT_BATCH: usize = 64;
-/// Entries deleted per `DELETE … IN (…)` when the log is flushed.
-const DELETE_BATCH: usize = 64;
+/// Ids per statement when entries are deleted or listed as stale.
+const ID_BATCH: usize = 64;
 /// Stale entries are compacted once there are more than this many…
 const STALE_MIN: u64 = 4096;
 /// …and more than one per this many live puts of the org.
@@ -218,7 +218,6 @@ fn seq_of_entry(id: i64) -> i64 {
 pub(crate) struct MembershipWriter<'c> {
     conn: &'c Connection,
     insert: CachedStatement<'c>,
-    delete: CachedStatement<'c>,
     pids: HashMap<PartitionKey, i64>,
     /// Entries of earlier transactions that were replaced, deleted at
     /// flush in key order.
@@ -244,7 +243,6 @@ impl<'c> MembershipWriter<'c> {
         Ok(MembershipWriter {
             conn,
             insert: conn.prepare_cached(INSERT_ENTRY)?,
-            delete: conn.prepare_cached(DELETE_ENTRY)?,
             pids: HashMap::new(),
             doomed: Vec::new(),
             stale: Vec::new(),
@@ -411,22 +409,8 @@ impl<'c> MembershipWriter<'c> {
         }
         let mut stale = std::mem::take(&mut self.stale);
         stale.sort_unstable();
-        let mut chunks = stale.chunks_exact(INSERT_BATCH);
-        if stale.len() >= INSERT_BATCH {
-            let marks = vec!["(?)"; INSERT_BATCH].join(", ");
-            let mut batch =
-                self.conn.prepare_cached(&format!("INSERT INTO _sync_stale (id) VALUES {marks}"))?;
-            for chunk in chunks.by_ref() {
-                for (i, id) in chunk.iter().enumerate() {
-                    batch.raw_bind_parameter(i + 1, id)?;
-                }
-                batch.raw_execute()?;
-            }
-        }
-        let mut one = self.conn.prepare_cached(INSERT_STALE)?;
-        for id in chunks.remainder() {
-            one.execute([id])?;
-        }
+        let marks = vec!["(?)"; ID_BATCH].join(", ");
+        run_per_id(self.conn, &stale, &format!("INSERT INTO _sync_stale (id) VALUES {marks}"), INSERT_STALE)?;
         let (count, live): (i64, f64) = self.conn.prepare_cached(
             "SELECT (SELECT count(*) FROM _sync_stale), (SELECT total(checksum_count) FROM _sync_partitions)",
         )?
@@ -443,22 +427,13 @@ impl<'c> MembershipWriter<'c> {
     fn flush_deletes(&mut self) -> R<()> {
         let mut doomed = std::mem::take(&mut self.doomed);
         doomed.sort_unstable();
-        let mut chunks = doomed.chunks_exact(DELETE_BATCH);
-        if doomed.len() >= DELETE_BATCH {
-            let marks = vec!["?"; DELETE_BATCH].join(", ");
-            let mut batch =
-                self.conn.prepare_cached(&format!("DELETE FROM _sync_membership WHERE id IN ({marks})"))?;
-            for chunk in chunks.by_ref() {
-                for (i, id) in chunk.iter().enumerate() {
-                    batch.raw_bind_parameter(i + 1, id)?;
-                }
-                batch.raw_execute()?;
-            }
-        }
-        for id in chunks.remainder() {
-            self.delete.execute([id])?;
-        }
-        Ok(())
+        let marks = vec!["?"; ID_BATCH].join(", ");
+        run_per_id(
+            self.conn,
+            &doomed,
+            &format!("DELETE FROM _sync_membership WHERE id IN ({marks})"),
+            DELETE_ENTRY,
+        )
     }
 
     /// Inserts the buffered entries, in key order.
@@ -514,6 +489,26 @@ impl<'c> MembershipWriter<'c> {
         }
         Ok(())
     }
+}
+
+/// Runs `many`, a statement of [`ID_BATCH`] id parameters, over `ids` in
+/// chunks, and `one`, of a single id, over the rest.
+fn run_per_id(conn: &Connection, ids: &[i64], many: &str, one: &str) -> R<()> {
+    let mut chunks = ids.chunks_exact(ID_BATCH);
+    if ids.len() >= ID_BATCH {
+        let mut batch = conn.prepare_cached(many)?;
+        for chunk in chunks.by_ref() {
+            for (i, id) in chunk.iter().enumerate() {
+                batch.raw_bind_parameter(i + 1, id)?;
+            }
+            batch.raw_execute()?;
+        }
+    }
+    let mut single = conn.prepare_cached(one)?;
+    for id in chunks.remainder() {
+        single.execute([id])?;
+    }
+    Ok(())
 }
 
 /// Deletes every stale entry from the log, in key order; returns how many.
