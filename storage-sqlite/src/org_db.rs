@@ -1024,7 +1024,6 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
             let mut stmt = tx.prepare_cached(&table.pull_join_sql())?;
             let mut rows = stmt.query(rusqlite::params![from, to])?;
-            let row_version_at = 4 + table.meta.attributes.len();
             while let Some(r) = rows.next()? {
                 if changes.len() >= max_rows {
                     more = true;
@@ -1039,18 +1038,14 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
                     let size = row_id.as_str().len() + REMOVE_OVERHEAD;
                     (row_id, None, size)
                 } else {
-                    // A put of another version than its row's, or of a row
-                    // that is gone, is stale: skipped.
-                    let row_version: Option<i64> = r.get(row_version_at)?;
-                    let stale = match row_version {
-                        Some(v) => v != r.get::<_, i64>(3)?,
-                        None => is_stale(&tx, entry_id(pid, seq_i)?)?,
-                    };
-                    if stale {
-                        last = seq;
-                        continue;
-                    }
-                    let Some((row_id, pulled)) = table.decode_pulled(r, 4)? else {
+                    // (The query leaves out puts of another version than
+                    // their row's.) A put whose row is gone is stale, or
+                    // the file is corrupt.
+                    let Some((row_id, pulled)) = table.decode_pulled(r, 3)? else {
+                        if is_stale(&tx, entry_id(pid, seq_i)?)? {
+                            last = seq;
+                            continue;
+                        }
                         return Err(StoreError::Corrupt(format!(
                             "partition '{key}' holds a row of '{}' at seq {seq} that is not staged",
                             table.meta.name

@@ -153,10 +153,12 @@ impl Table {
 
     /// Selects the membership entries of one partition in an entry-id
     /// range (`?1` exclusive, `?2` inclusive), in seq order,
-    /// each with its row of this table (null columns for removes).
-    /// Columns: seq, removed, row_id, the entry's version, then the
-    /// attributes and the row's version (what [`Table::decode_pulled`]
-    /// reads).
+    /// each with its row of this table (null columns for removes, and for
+    /// a put whose row is gone). A put of another version than its row's
+    /// is stale and left out here; one whose row is gone is the caller's
+    /// to tell (stale or corrupt).
+    /// Columns: seq, removed, row_id, then the attributes and the row's
+    /// version (what [`Table::decode_pulled`] reads).
     pub(crate) fn pull_join_sql(&self) -> String {
         let cols: Vec<String> = self
             .meta
@@ -167,13 +169,15 @@ impl Table {
             .map(|c| format!("t.{}", quote(c)))
             .collect();
         format!(
-            "SELECT m.id & {}, m.removed, m.row_id, m.version, {} FROM _sync_membership m \
-             LEFT JOIN {} t ON t.{} = m.rid AND m.removed = 0 \
-             WHERE m.id > ?1 AND m.id <= ?2 ORDER BY m.id",
+            "SELECT m.id & {}, m.removed, m.row_id, {} FROM _sync_membership m \
+             LEFT JOIN {} t ON t.{rid} = m.rid AND m.removed = 0 \
+             WHERE m.id > ?1 AND m.id <= ?2 \
+             AND (t.{version} = m.version OR m.removed OR t.{rid} IS NULL) ORDER BY m.id",
             crate::membership::MAX_SEQ,
             cols.join(", "),
             self.name,
-            quote(RID_COLUMN)
+            rid = quote(RID_COLUMN),
+            version = quote(VERSION_COLUMN)
         )
     }
 
