@@ -40,6 +40,11 @@
 //!   indexed version column, reading every column into owned values. Reads
 //!   change nothing, so each is repeated and the fastest run counts, on both
 //!   sides alike: this machine's noise is ±10–15 % from one run to the next.
+//!
+//! Each phase runs on raw rusqlite and then at once on the store, and the
+//! reads of one state take turns (raw, store, raw, store, ...): the speed
+//! of the machines these runs share drifts over minutes, and a ratio of two
+//! timings taken minutes apart measures that drift as much as the store.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -244,6 +249,7 @@ fn shuffle<T>(v: &mut [T], mut seed: u64) {
 }
 
 /// One measured phase: rows handled, wall time, CPU time.
+#[derive(Debug)]
 struct Phase {
     rows: usize,
     wall: Duration,
@@ -254,16 +260,22 @@ fn phase(rows: usize, (_, wall, cpu): ((), Duration, Duration)) -> Phase {
     Phase { rows, wall, cpu }
 }
 
-/// The fastest of `repeat` runs of a read that returns the rows it read.
-fn best(repeat: usize, mut read: impl FnMut() -> usize) -> Phase {
-    let mut best: Option<Phase> = None;
+/// Runs the reads in turns, `repeat` rounds of one run each, and keeps the
+/// fastest run of each read (each returns the rows it read). Taking turns
+/// puts the store's reads and raw rusqlite's in the same stretch of time:
+/// this machine's speed drifts by 10–20 % over minutes, and reads timed
+/// minutes apart would compare two machines.
+fn best_in_turns(repeat: usize, reads: &mut [&mut dyn FnMut() -> usize]) -> Vec<Phase> {
+    let mut best: Vec<Option<Phase>> = reads.iter().map(|_| None).collect();
     for _ in 0..repeat.max(1) {
-        let (rows, wall, cpu) = timed(&mut read);
-        if best.as_ref().is_none_or(|b| wall < b.wall) {
-            best = Some(Phase { rows, wall, cpu });
+        for (read, best) in reads.iter_mut().zip(&mut best) {
+            let (rows, wall, cpu) = timed(&mut **read);
+            if best.as_ref().is_none_or(|b| wall < b.wall) {
+                *best = Some(Phase { rows, wall, cpu });
+            }
         }
     }
-    best.expect("at least one run")
+    best.into_iter().map(|b| b.expect("at least one run")).collect()
 }
 
 fn main() {
@@ -298,7 +310,8 @@ fn main() {
         dir.display()
     );
 
-    // Raw rusqlite.
+    // Both sides set up; then each phase runs on raw rusqlite and right
+    // after on the store, so both meet the machine in the same state.
     let raw_path = dir.join("raw.sqlite");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", raw_path.display()));
@@ -310,26 +323,6 @@ fn main() {
          version INTEGER NOT NULL); CREATE INDEX raw_version ON raw (version);",
     )
     .unwrap();
-    let raw_ingest = phase(
-        n,
-        timed(|| {
-            raw_upsert(&mut raw, &fresh, 1);
-        }),
-    );
-    let raw_scan_fresh = best(repeat, || raw_scan(&raw).0);
-    assert_eq!(raw_scan_fresh.rows, n);
-    let raw_update = phase(
-        n,
-        timed(|| {
-            raw_upsert(&mut raw, &updated, n as i64 + 1);
-        }),
-    );
-    let raw_scan_updated = best(repeat, || raw_scan(&raw).0);
-    assert_eq!(raw_scan_updated.rows, n);
-    drop(raw);
-    let (fresh, updated) = (pages(fresh, page, "a"), pages(updated, page, "b"));
-
-    // The store.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let store_dir = dir.join("store");
     let _ = std::fs::remove_dir_all(&store_dir);
@@ -350,28 +343,54 @@ fn main() {
             .map(sync_core::Partition::key)
             .collect();
     let s = staging.as_ref();
-    let ours_ingest = phase(
+    let ingest_into_store = |pages: Vec<ChangePage>| {
+        phase(
+            n,
+            timed(|| {
+                rt.block_on(async {
+                    ingest(s, pages).await;
+                    store.checkpoint(&org_id("bench")).await.unwrap();
+                })
+            }),
+        )
+    };
+
+    // New rows.
+    let raw_ingest = phase(
         n,
         timed(|| {
-            rt.block_on(async {
-                ingest(s, fresh).await;
-                store.checkpoint(&org_id("bench")).await.unwrap();
-            })
+            raw_upsert(&mut raw, &fresh, 1);
         }),
     );
-    let pull_fresh = best(repeat, || rt.block_on(pull_everything(s, &keys, pull_page)).0);
-    let pull_active = best(repeat, || rt.block_on(pull_everything(s, &keys[..1], pull_page)).0);
-    let ours_update = phase(
+    let ours_ingest = ingest_into_store(pages(fresh, page, "a"));
+    let [raw_scan_fresh, pull_fresh, pull_active]: [Phase; 3] = best_in_turns(
+        repeat,
+        &mut [
+            &mut || raw_scan(&raw).0,
+            &mut || rt.block_on(pull_everything(s, &keys, pull_page)).0,
+            &mut || rt.block_on(pull_everything(s, &keys[..1], pull_page)).0,
+        ],
+    )
+    .try_into()
+    .unwrap();
+    assert_eq!(raw_scan_fresh.rows, n);
+
+    // Every row again, changed, in random order.
+    let raw_update = phase(
         n,
         timed(|| {
-            rt.block_on(async {
-                ingest(s, updated).await;
-                store.checkpoint(&org_id("bench")).await.unwrap();
-            })
+            raw_upsert(&mut raw, &updated, n as i64 + 1);
         }),
     );
-    let pull_updated = best(repeat, || rt.block_on(pull_everything(s, &keys, pull_page)).0);
-    drop((staging, store));
+    let ours_update = ingest_into_store(pages(updated, page, "b"));
+    let [raw_scan_updated, pull_updated]: [Phase; 2] = best_in_turns(
+        repeat,
+        &mut [&mut || raw_scan(&raw).0, &mut || rt.block_on(pull_everything(s, &keys, pull_page)).0],
+    )
+    .try_into()
+    .unwrap();
+    assert_eq!(raw_scan_updated.rows, n);
+    drop((raw, staging, store));
 
     println!();
     println!(
