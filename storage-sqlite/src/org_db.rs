@@ -964,8 +964,49 @@ fn take(
     true
 }
 
-/// Reads a pull page from one snapshot.
-pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
+/// The [`Table`]s of one org, built from its stored schemas and kept while
+/// its `schema_version` stands, so a pull page does not parse its schemas
+/// and build their SQL again (about 10 µs a page: 1 % of a pull in pages of
+/// 1,000 rows, 8 % in pages of 100).
+///
+/// Keyed by the version a reader's snapshot shows: every schema change
+/// bumps it in the same transaction, so a table cached at the version a
+/// snapshot shows is that snapshot's table. A reader on an older snapshot
+/// builds its own and leaves the cache to the newer version.
+#[derive(Default)]
+pub(crate) struct TableCache {
+    version: u64,
+    tables: HashMap<i64, Arc<Table>>,
+}
+
+impl TableCache {
+    /// The table of entity `eid` in `conn`'s snapshot, whose schema version
+    /// is `version`.
+    fn get(cache: &Mutex<TableCache>, conn: &Connection, version: u64, eid: i64) -> R<Arc<Table>> {
+        {
+            let cached = crate::store::lock(cache);
+            if cached.version == version
+                && let Some(table) = cached.tables.get(&eid)
+            {
+                return Ok(Arc::clone(table));
+            }
+        }
+        // Built without the lock: other readers go on meanwhile.
+        let table = Arc::new(Table::new(load_schema_by_id(conn, eid)?.meta)?);
+        let mut cached = crate::store::lock(cache);
+        if version > cached.version {
+            *cached = TableCache { version, tables: HashMap::new() };
+        }
+        if version == cached.version {
+            cached.tables.insert(eid, Arc::clone(&table));
+        }
+        Ok(table)
+    }
+}
+
+/// Reads a pull page from one snapshot; `cache` keeps the org's tables
+/// across pulls.
+pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan, cache: &Mutex<TableCache>) -> R<PullPage> {
     let tx = conn.transaction()?;
     let head = head(&tx)?;
     let mut seen = BTreeSet::new();
@@ -981,7 +1022,8 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
         }
     }
     let max_rows = plan.max_rows.max(1);
-    let mut tables: HashMap<i64, Table> = HashMap::new();
+    let version = schema_version(&tx)?;
+    let mut tables: HashMap<i64, Arc<Table>> = HashMap::new();
     // A page is usually full: room for it up front (bounded, as the plan
     // comes from a request).
     let mut changes: Vec<PulledChange> = Vec::with_capacity(max_rows.min(4096));
@@ -993,11 +1035,11 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             positions.push((key.clone(), *pos));
             continue;
         }
-        let pid: Option<i64> = tx
-            .prepare_cached("SELECT pid FROM _sync_partitions WHERE key = ?1")?
-            .query_row([key.as_str()], |r| r.get(0))
+        let found: Option<(i64, Option<i64>, bool)> = tx
+            .prepare_cached("SELECT pid, eid, mixed FROM _sync_partitions WHERE key = ?1")?
+            .query_row([key.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        let Some(pid) = pid else {
+        let Some((pid, single, mixed)) = found else {
             positions.push((key.clone(), head));
             continue;
         };
@@ -1007,9 +1049,6 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
         // and stop when the page is full.
         let from = entry_id(pid, version_param(*pos)?)?;
         let to = entry_id(pid, MAX_SEQ)?;
-        let (single, mixed): (Option<i64>, bool) = tx
-            .prepare_cached("SELECT eid, mixed FROM _sync_partitions WHERE pid = ?1")?
-            .query_row([pid], |r| Ok((r.get(0)?, r.get(1)?)))?;
         // The common case: every entry of the partition belongs to one
         // entity, read with its rows in one join. Otherwise each put's row
         // is looked up by entity and number.
@@ -1019,10 +1058,10 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
         };
         if let Some(eid) = joined {
             if let std::collections::hash_map::Entry::Vacant(slot) = tables.entry(eid) {
-                slot.insert(Table::new(load_schema_by_id(&tx, eid)?.meta)?);
+                slot.insert(TableCache::get(cache, &tx, version, eid)?);
             }
             let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
-            let mut stmt = tx.prepare_cached(&table.pull_join_sql())?;
+            let mut stmt = tx.prepare_cached(table.pull_join())?;
             let mut rows = stmt.query(rusqlite::params![from, to])?;
             while let Some(r) = rows.next()? {
                 if changes.len() >= max_rows {
@@ -1086,7 +1125,7 @@ pub(crate) fn pull(conn: &mut Connection, plan: &PullPlan) -> R<PullPage> {
             let rid: i64 = r.get(2)?;
             let removed: bool = r.get(3)?;
             if let std::collections::hash_map::Entry::Vacant(slot) = tables.entry(eid) {
-                slot.insert(Table::new(load_schema_by_id(&tx, eid)?.meta)?);
+                slot.insert(TableCache::get(cache, &tx, version, eid)?);
             }
             let table = tables.get(&eid).ok_or_else(|| StoreError::Corrupt(format!("entity id {eid}")))?;
             let (row_id, row, size) = if removed {

@@ -307,6 +307,8 @@ struct OrgShared {
     writes: AtomicU64,
     /// What reads may answer from memory while the generation stands.
     memo: Mutex<Memo>,
+    /// The org's tables as pulls read them, by schema version.
+    tables: Mutex<org_db::TableCache>,
 }
 
 /// Facts of one org read at write generation `generation`: the per-request
@@ -466,6 +468,7 @@ impl Inner {
                 alive: Arc::new(()),
                 writes: AtomicU64::new(0),
                 memo: Mutex::new(Memo::default()),
+                tables: Mutex::new(org_db::TableCache::default()),
             });
             live.insert(org.clone(), shared.clone());
             shared
@@ -994,7 +997,8 @@ impl OrgStaging for SqliteOrgStaging {
         }
         let generation = self.shared.generation();
         let owned = plan.clone();
-        let page = self.read(move |c| org_db::pull(c, &owned)).await?;
+        let shared = Arc::clone(&self.shared);
+        let page = self.read(move |c| org_db::pull(c, &owned, &shared.tables)).await?;
         if let (false, Some(sums)) = (page.more, &page.checksums) {
             self.shared.remember(generation, |memo| match &mut memo.complete {
                 Some((head, known)) if *head == page.head => {

@@ -52,6 +52,7 @@ pub(crate) struct Table {
     /// The names of a pulled row's values, shared by every row it decodes.
     pull_columns: Arc<[ColumnName]>,
     select_list: String,
+    pull_join: String,
     select_by_key: String,
     select_by_rid: String,
     insert: String,
@@ -97,6 +98,16 @@ impl Table {
         sets.push(format!("{version} = ?{}", n + 2));
         sets.push(format!("{parts} = ?{}", n + 3));
         let update = format!("UPDATE {name} SET {} WHERE {rid} = ?1", sets.join(", "));
+        let pulled: Vec<String> =
+            attrs.iter().chain(std::iter::once(&version)).map(|c| format!("t.{c}")).collect();
+        let pull_join = format!(
+            "SELECT m.id & {}, m.removed, m.row_id, {} FROM _sync_membership m \
+             LEFT JOIN {name} t ON t.{rid} = m.rid AND m.removed = 0 \
+             WHERE m.id > ?1 AND m.id <= ?2 \
+             AND (t.{version} = m.version OR m.removed OR t.{rid} IS NULL) ORDER BY m.id",
+            crate::membership::MAX_SEQ,
+            pulled.join(", "),
+        );
         Ok(Table {
             update_parts: format!("UPDATE {name} SET {parts} = ?2 WHERE {rid} = ?1"),
             select_by_key: format!("SELECT {select_list} FROM {name} WHERE {key} = ?1"),
@@ -112,6 +123,7 @@ impl Table {
             pull_rest,
             pull_columns,
             select_list,
+            pull_join,
         })
     }
 
@@ -159,26 +171,8 @@ impl Table {
     /// to tell (stale or corrupt).
     /// Columns: seq, removed, row_id, then the attributes and the row's
     /// version (what [`Table::decode_pulled`] reads).
-    pub(crate) fn pull_join_sql(&self) -> String {
-        let cols: Vec<String> = self
-            .meta
-            .attributes
-            .iter()
-            .map(|a| a.name.as_str())
-            .chain(std::iter::once(VERSION_COLUMN))
-            .map(|c| format!("t.{}", quote(c)))
-            .collect();
-        format!(
-            "SELECT m.id & {}, m.removed, m.row_id, {} FROM _sync_membership m \
-             LEFT JOIN {} t ON t.{rid} = m.rid AND m.removed = 0 \
-             WHERE m.id > ?1 AND m.id <= ?2 \
-             AND (t.{version} = m.version OR m.removed OR t.{rid} IS NULL) ORDER BY m.id",
-            crate::membership::MAX_SEQ,
-            cols.join(", "),
-            self.name,
-            rid = quote(RID_COLUMN),
-            version = quote(VERSION_COLUMN)
-        )
+    pub(crate) fn pull_join(&self) -> &str {
+        &self.pull_join
     }
 
     /// The columns every select of this table reads, in decode order.
@@ -323,7 +317,7 @@ impl Table {
         &self.pull_columns
     }
 
-    /// Decodes the columns of [`Table::pull_join_sql`] from its first
+    /// Decodes the columns of [`Table::pull_join`] from its first
     /// attribute at column `at` on into a pulled row (values in pull order,
     /// no map) and its id; `None` when the join found no row (its key, which
     /// is `NOT NULL`, reads as null).

@@ -173,6 +173,22 @@ async fn schema_evolution_keeps_converting_values() {
     ];
     staging.apply_changes(&e, page(rows, vec![], "t")).await.unwrap();
     let before = staging.row(&e, &RowId::new("2").unwrap()).await.unwrap().unwrap().version;
+    // Pulls read each schema as it stands (the store keeps tables between
+    // pulls: a pull after a change must not read with the old one).
+    let all = Partition {
+        profile: everything.name.clone(),
+        item: everything.items[0].item_id(),
+        entity: e.clone(),
+        params: Default::default(),
+    }
+    .key();
+    let pulled = async |id: &str| {
+        let page = pull_all(staging.as_ref(), std::slice::from_ref(&all), 100).await;
+        let row = page.changes.into_iter().find(|c| c.row_id.as_str() == id).and_then(|c| c.row).unwrap();
+        let columns: Vec<&str> = row.columns().iter().map(|c| c.as_str()).collect();
+        (columns.join(","), row.get("qty").cloned())
+    };
+    assert_eq!(pulled("2").await, ("id,code,qty,gone".to_owned(), Some(Value::Integer(7))));
 
     // Add a column and drop one: ALTER TABLE, values kept, versions kept.
     let mut v2 = v1.clone();
@@ -183,6 +199,7 @@ async fn schema_evolution_keeps_converting_values() {
     assert_eq!(r2.version, before);
     assert_eq!(r2.row.values[&col("note")], Value::Null);
     assert!(!r2.row.values.contains_key(&col("gone")));
+    assert_eq!(pulled("2").await, ("id,code,qty,note".to_owned(), Some(Value::Integer(7))));
 
     // Retype qty integer → decimal (converts) and code string → integer
     // (text does not coerce to integers: nulls). The table is rebuilt.
@@ -198,6 +215,7 @@ async fn schema_evolution_keeps_converting_values() {
     assert_eq!(r1.row.values[&col("qty")], Value::Decimal(5.into()));
     assert_eq!(r1.row.values[&col("code")], Value::Null);
     assert_eq!(r2.row.values[&col("qty")], Value::Decimal(7.into()));
+    assert_eq!(pulled("2").await, ("id,code,qty,note".to_owned(), Some(Value::Decimal(7.into()))));
     assert!(r1.version > before && r2.version > before, "rows whose values changed get a new version");
     assert_eq!(
         (r10.row.values[&col("code")].clone(), r10.row.values[&col("qty")].clone()),
