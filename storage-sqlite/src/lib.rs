@@ -110,9 +110,12 @@
 //! lists the other knobs). Both sides' ingest ends with the WAL copied back
 //! into the database file. Where the time goes: a change page is one
 //! transaction, so random keys make each commit write (to the WAL, then
-//! again at checkpoints) most pages of the key index, which a single raw
-//! transaction writes once (checkpoints run beside the writer, so that cost
-//! is off the commit path, but the WAL writes are not); each row costs a
+//! again at checkpoints) most of the pages they touch, the key index's for
+//! new rows and the table's for updates, which a single raw transaction
+//! writes once. Checkpoints run beside the writer, so that copy is off the
+//! commit path, but the WAL writes are not: for 1,000,000 updates in random
+//! order, raw rusqlite committing every 5,000 rows took 30 s, the store 23 s,
+//! and raw's single transaction 9–11 s. Each row costs a
 //! membership entry per partition, and an update replaces those entries,
 //! whose deletion (deferred, see above) still rewrites the log's pages in
 //! each compaction; and a pulled row
