@@ -129,10 +129,11 @@
 //! decoding into typed values, ids and changes costs
 //! about as much again; each page has a fixed cost of about 20 µs (its
 //! snapshot and one lookup per partition: the entities' tables, with their
-//! SQL and decoders, are kept per schema version); and the caller frees the page's values on another
-//! thread than the one that allocated them. glibc's malloc makes those
-//! cross-thread frees cost about a tenth of a pull (it consolidates the
-//! freed chunks into the reader's arena when the page's large buffer goes),
+//! SQL and decoders, are kept per schema version); and the caller frees the
+//! page's values on another thread than the one that allocated them.
+//! glibc's malloc makes those cross-thread frees cost about a tenth of a
+//! pull (it consolidates the freed chunks into the reader's arena when the
+//! page's large buffer goes),
 //! so the bench and the embedded server allocate with mimalloc; a host
 //! service that links this store should consider the same.
 //!
