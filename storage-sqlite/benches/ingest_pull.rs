@@ -123,21 +123,14 @@ fn raw_open(path: &std::path::Path, options: &StoreOptions) -> rusqlite::Connect
 /// Upserts `rows` with one prepared statement, committing every
 /// `commit_every` rows (all in one transaction when that is `rows.len()`
 /// or more), and ends with every row in the database file.
-fn raw_upsert(
-    conn: &mut rusqlite::Connection,
-    rows: &[Row],
-    first_version: i64,
-    commit_every: usize,
-) -> Duration {
-    let start = Instant::now();
-    for (chunk, first) in rows.chunks(commit_every.max(1)).zip((first_version..).step_by(commit_every.max(1)))
-    {
+fn raw_upsert(conn: &mut rusqlite::Connection, rows: &[Row], first_version: i64, commit_every: usize) {
+    let every = commit_every.max(1);
+    for (chunk, first) in rows.chunks(every).zip((first_version..).step_by(every)) {
         raw_upsert_one_transaction(conn, chunk, first);
     }
     // The commit checkpoints as the WAL passes `wal_autocheckpoint` pages;
     // what is left is copied here, as the store's side does.
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).unwrap();
-    start.elapsed()
 }
 
 fn raw_upsert_one_transaction(conn: &mut rusqlite::Connection, rows: &[Row], first_version: i64) {
