@@ -81,9 +81,12 @@
 //!   ([`StoreOptions::mmap_size`]), so readers read pages in place from the
 //!   operating system's cache instead of each filling a cache of its own.
 //! * **Rows prepared beside the writer**: a page of a few thousand rows or
-//!   more is checked against its schema and planned into partitions on a
-//!   scoped thread while the writer stages the rows already prepared; a bad
-//!   row anywhere still rolls the whole page back.
+//!   more is checked against its schema and planned into partitions, in
+//!   chunks, by a scoped helper thread while the writer stages the rows
+//!   already prepared; when the helper has not begun the writer's next
+//!   chunk (a checkpoint holds the other CPU), the writer prepares it
+//!   itself rather than wait. A bad row anywhere still rolls the whole
+//!   page back.
 //! * **Bounded resources**: at most [`StoreOptions::max_open_orgs`] org
 //!   databases stay open (least recently used ones are closed), so thousands
 //!   of orgs fit within a file-descriptor limit.

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use sync_core::filter::{MembershipPlanner, validate_profile};
@@ -598,14 +598,15 @@ fn recompute_entity(
 /// belongs to.
 type Prepared = (Row, Vec<PartitionKey>);
 
-/// Pages of at least this many rows are checked and planned on a thread of
-/// their own while the writer stages them: at a million-row ingest that is
-/// a fifth of the writer's work taken off it. Smaller pages are prepared
-/// in place; a thread would cost more than it saves.
+/// Pages of at least this many rows are checked and planned by a helper
+/// thread while the writer stages them: at a million-row ingest that is a
+/// fifth of the writer's work taken off it. Smaller pages are prepared in
+/// place; a thread would cost more than it saves.
 const PIPELINE_ROWS: usize = 2048;
-/// Rows per chunk handed from the preparing thread to the writer.
+/// Rows per chunk a large page is prepared in.
 const PIPELINE_CHUNK: usize = 256;
-/// Chunks prepared ahead of the writer at most.
+/// Chunks the helper prepares ahead of the writer at most: prepared rows
+/// are staged while still in the CPU's caches.
 const PIPELINE_AHEAD: usize = 4;
 
 /// Checks `rows` and plans their membership, in order.
@@ -626,75 +627,180 @@ fn prepare(
     .collect()
 }
 
-/// The rows of a page as the writer stages them: chunks of prepared rows,
-/// in page order, ending at the first chunk that failed to prepare.
-enum PreparedRows {
-    /// Prepared in place, in one chunk.
-    Ready(Option<R<Vec<Prepared>>>),
-    /// Prepared by a scoped thread, which also drops the chunks the writer
-    /// has finished with.
-    Piped { chunks: mpsc::Receiver<R<Vec<Prepared>>>, finished: mpsc::Sender<Vec<Prepared>> },
+/// What the checking and planning of a page needs.
+#[derive(Clone, Copy)]
+struct Preparer<'e> {
+    checker: &'e RowChecker<'e>,
+    planner: &'e MembershipPlanner,
+    table: &'e Table,
 }
 
-impl PreparedRows {
-    /// Starts preparing `rows`: on a thread of `scope` for a large page
-    /// (in place when the thread cannot be started), in place otherwise.
-    fn start<'s, 'e: 's>(
-        scope: &'s std::thread::Scope<'s, 'e>,
-        rows: Vec<Row>,
-        checker: &'e RowChecker<'e>,
-        planner: &'e MembershipPlanner,
-        table: &'e Table,
-    ) -> PreparedRows {
-        if rows.len() < PIPELINE_ROWS {
-            return PreparedRows::Ready(Some(prepare(checker, planner, table, rows.into_iter())));
-        }
-        let (send, chunks) = mpsc::sync_channel(PIPELINE_AHEAD);
-        let (finished, done) = mpsc::channel::<Vec<Prepared>>();
-        // The rows wait in a slot the thread takes them from, so that they
-        // are still here if it cannot be started.
-        let slot = Arc::new(Mutex::new(Some(rows)));
-        let theirs = Arc::clone(&slot);
-        let started =
-            std::thread::Builder::new().name("sqlite-prepare".into()).spawn_scoped(scope, move || {
-                let Some(rows) = theirs.lock().ok().and_then(|mut s| s.take()) else { return };
-                let mut rows = rows.into_iter();
-                while rows.len() > 0 {
-                    let chunk = prepare(checker, planner, table, rows.by_ref().take(PIPELINE_CHUNK));
-                    let failed = chunk.is_err();
-                    if send.send(chunk).is_err() || failed {
-                        break;
+impl Preparer<'_> {
+    fn prepare(&self, rows: Vec<Row>) -> R<Vec<Prepared>> {
+        prepare(self.checker, self.planner, self.table, rows.into_iter())
+    }
+}
+
+/// One chunk of a large page.
+enum Slot {
+    /// Not begun.
+    Rows(Vec<Row>),
+    /// Being prepared by the helper.
+    Preparing,
+    /// Prepared by the helper, waiting for the writer.
+    Ready(R<Vec<Prepared>>),
+    /// Taken by the writer.
+    Taken,
+}
+
+/// The chunks of a large page, shared by the writer and its helper.
+struct Chunks {
+    state: Mutex<ChunkState>,
+    /// Notified when a chunk is prepared, finished with, or no longer wanted.
+    changed: Condvar,
+}
+
+struct ChunkState {
+    slots: Vec<Slot>,
+    /// Chunks the writer has taken.
+    taken: usize,
+    /// Chunks the writer is done with, for the helper to drop.
+    finished: Vec<Vec<Prepared>>,
+    /// The writer wants no more chunks (it is through the page, or failed).
+    done: bool,
+}
+
+impl Chunks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChunkState> {
+        crate::store::lock(&self.state)
+    }
+
+    /// The helper: prepares chunks in page order, ahead of the writer,
+    /// then drops the chunks the writer hands back, until the writer is done.
+    fn help(&self, preparer: Preparer<'_>) {
+        let mut state = self.lock();
+        let mut at = 0;
+        loop {
+            while at < state.slots.len() && !matches!(state.slots[at], Slot::Rows(_)) {
+                at += 1;
+            }
+            if !state.done && at < state.slots.len() && at < state.taken + PIPELINE_AHEAD {
+                let rows = match std::mem::replace(&mut state.slots[at], Slot::Preparing) {
+                    Slot::Rows(rows) => rows,
+                    other => {
+                        state.slots[at] = other;
+                        continue;
                     }
-                    // Chunks are dropped here, not on the writer.
-                    done.try_iter().for_each(drop);
-                }
-                drop(send);
-                // Until the writer hangs up.
-                done.into_iter().for_each(drop);
-            });
-        match started {
-            Ok(_) => PreparedRows::Piped { chunks, finished },
-            Err(e) => {
-                tracing::warn!(error = %e, "could not start a thread to prepare rows; preparing them in place");
-                let rows = slot.lock().ok().and_then(|mut s| s.take()).unwrap_or_default();
-                PreparedRows::Ready(Some(prepare(checker, planner, table, rows.into_iter())))
+                };
+                drop(state);
+                let chunk = preparer.prepare(rows);
+                state = self.lock();
+                state.slots[at] = Slot::Ready(chunk);
+                self.changed.notify_all();
+            } else if !state.finished.is_empty() {
+                let finished = std::mem::take(&mut state.finished);
+                drop(state);
+                drop(finished);
+                state = self.lock();
+            } else if state.done {
+                return;
+            } else {
+                state = self.changed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
             }
         }
+    }
+}
+
+/// The rows of a page as the writer stages them: chunks of prepared rows,
+/// in page order; the writer stops at the first that failed to prepare.
+enum PreparedRows<'e> {
+    /// Prepared in place, in one chunk.
+    Ready(Option<R<Vec<Prepared>>>),
+    /// Prepared by a helper thread ahead of the writer, and by the writer
+    /// itself when its next chunk is not begun (the helper starts late, or
+    /// is kept off a busy CPU): the writer never waits for work it could
+    /// do. The helper also drops the chunks the writer is done with.
+    Shared { chunks: Arc<Chunks>, next: usize, preparer: Preparer<'e> },
+}
+
+impl<'e> PreparedRows<'e> {
+    /// Starts preparing `rows`: with a helper thread of `scope` for a large
+    /// page (by the writer alone when the thread cannot be started), in
+    /// place otherwise.
+    fn start<'s>(scope: &'s std::thread::Scope<'s, 'e>, rows: Vec<Row>, preparer: Preparer<'e>) -> Self {
+        if rows.len() < PIPELINE_ROWS {
+            return PreparedRows::Ready(Some(preparer.prepare(rows)));
+        }
+        let mut rows = rows.into_iter();
+        let mut slots = Vec::with_capacity(rows.len().div_ceil(PIPELINE_CHUNK));
+        while rows.len() > 0 {
+            slots.push(Slot::Rows(rows.by_ref().take(PIPELINE_CHUNK).collect()));
+        }
+        let chunks = Arc::new(Chunks {
+            state: Mutex::new(ChunkState { slots, taken: 0, finished: Vec::new(), done: false }),
+            changed: Condvar::new(),
+        });
+        let helper = Arc::clone(&chunks);
+        let started = std::thread::Builder::new()
+            .name("sqlite-prepare".into())
+            .spawn_scoped(scope, move || helper.help(preparer));
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "could not start a thread to prepare rows; the writer prepares them");
+        }
+        PreparedRows::Shared { chunks, next: 0, preparer }
     }
 
     /// The next chunk, `None` after the last.
     fn next(&mut self) -> Option<R<Vec<Prepared>>> {
         match self {
             PreparedRows::Ready(chunk) => chunk.take(),
-            PreparedRows::Piped { chunks, .. } => chunks.recv().ok(),
+            PreparedRows::Shared { chunks, next, preparer } => {
+                let mut state = chunks.lock();
+                let at = *next;
+                if at >= state.slots.len() {
+                    return None;
+                }
+                *next += 1;
+                state.taken = *next;
+                chunks.changed.notify_all();
+                loop {
+                    match std::mem::replace(&mut state.slots[at], Slot::Taken) {
+                        Slot::Ready(chunk) => return Some(chunk),
+                        Slot::Rows(rows) => {
+                            drop(state);
+                            return Some(preparer.prepare(rows));
+                        }
+                        Slot::Preparing => {
+                            state.slots[at] = Slot::Preparing;
+                            state =
+                                chunks.changed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+                        }
+                        Slot::Taken => {
+                            return Some(Err(StoreError::Corrupt(format!(
+                                "chunk {at} of a page was taken twice"
+                            ))));
+                        }
+                    }
+                }
+            }
         }
     }
 
     /// Hands back a chunk the writer is done with.
     fn finished(&self, chunk: Vec<Prepared>) {
-        if let PreparedRows::Piped { finished, .. } = self {
-            // The thread has gone only after a failure; then drop it here.
-            let _ = finished.send(chunk);
+        if let PreparedRows::Shared { chunks, .. } = self {
+            chunks.lock().finished.push(chunk);
+            chunks.changed.notify_all();
+        }
+    }
+}
+
+impl Drop for PreparedRows<'_> {
+    /// Tells the helper that no more chunks are wanted.
+    fn drop(&mut self) {
+        if let PreparedRows::Shared { chunks, .. } = self {
+            chunks.lock().done = true;
+            chunks.changed.notify_all();
         }
     }
 }
@@ -728,7 +834,11 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM _sync_graves WHERE eid = ?1)")?
         .query_row([eid], |r| r.get(0))?;
     std::thread::scope(|scope| -> R<()> {
-        let mut rows = PreparedRows::start(scope, upserts, &checker, &planner, &table);
+        let mut rows = PreparedRows::start(
+            scope,
+            upserts,
+            Preparer { checker: &checker, planner: &planner, table: &table },
+        );
         let mut update = tx.prepare_cached(table.update())?;
         let mut delete = tx.prepare_cached(table.delete())?;
         let mut lookup = tx.prepare_cached(table.select_by_key())?;
@@ -1387,4 +1497,107 @@ pub(crate) fn status(conn: &mut Connection, org: &OrgId) -> R<OrgStatus> {
     }
     tx.commit()?;
     Ok(OrgStatus { org: org.clone(), schema_version, head, entities })
+}
+
+#[cfg(test)]
+mod tests {
+    use sync_core::{Attribute, AttributeType, ColumnName, ItemId, ProfileItem, Value};
+
+    use super::*;
+
+    fn meta() -> EntityMetadata {
+        let col = |s: &str| ColumnName::new(s).unwrap();
+        EntityMetadata::new(
+            EntityName::new("task").unwrap(),
+            col("id"),
+            vec![
+                Attribute::new(col("id"), AttributeType::Integer),
+                Attribute::new(col("owner"), AttributeType::String),
+                Attribute::new(col("amount"), AttributeType::Decimal),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn rows(n: usize, bad: Option<usize>) -> Vec<Row> {
+        (0..n)
+            .map(|i| {
+                let amount =
+                    if Some(i) == bad { Value::from("plenty") } else { Value::from(format!("{i}.50")) };
+                Row::new(
+                    RowId::new(i.to_string()).unwrap(),
+                    [
+                        (ColumnName::new("id").unwrap(), Value::Integer(i as i64)),
+                        (ColumnName::new("owner").unwrap(), Value::from(format!("u{}", i % 3))),
+                        (ColumnName::new("amount").unwrap(), amount),
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    /// Drains `rows` as the writer does, slowly when `slow` (so the helper
+    /// runs ahead) or at once (so the writer takes chunks the helper has
+    /// not begun): the ids staged, and the error that ended the page.
+    fn drain(mut rows: PreparedRows<'_>, slow: bool) -> (Vec<String>, Option<StoreError>) {
+        let mut ids = Vec::new();
+        while let Some(chunk) = rows.next() {
+            match chunk {
+                Ok(chunk) => {
+                    ids.extend(chunk.iter().map(|(row, keys)| {
+                        assert_eq!(keys.len(), 1, "each row is in its owner's partition");
+                        row.id.as_str().to_owned()
+                    }));
+                    if slow {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    rows.finished(chunk);
+                }
+                Err(e) => return (ids, Some(e)),
+            }
+        }
+        (ids, None)
+    }
+
+    #[test]
+    fn large_pages_come_out_in_order_whoever_prepares_them() {
+        let meta = meta();
+        let mut item = ProfileItem::new(meta.name.clone(), "owner eq @user.id");
+        item.id = Some(ItemId::new("mine").unwrap());
+        let profile = Profile {
+            name: ProfileName::new("p").unwrap(),
+            roles: ["r".to_owned()].into(),
+            items: vec![item],
+        };
+        let planner = MembershipPlanner::new(&meta, &[profile]).unwrap();
+        let table = Table::new(meta).unwrap();
+        let checker = table.meta.row_checker().unwrap();
+        let preparer = Preparer { checker: &checker, planner: &planner, table: &table };
+        let n = PIPELINE_ROWS + PIPELINE_CHUNK * 3 + 17;
+        let all: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        for slow in [false, true] {
+            // With a helper thread.
+            let got =
+                std::thread::scope(|scope| drain(PreparedRows::start(scope, rows(n, None), preparer), slow));
+            assert_eq!(got.0, all, "slow {slow}");
+            assert!(got.1.is_none());
+            // The writer alone, as when the helper cannot be started.
+            let alone = std::thread::scope(|scope| {
+                let mut shared = PreparedRows::start(scope, rows(n, None), preparer);
+                if let PreparedRows::Shared { chunks, .. } = &mut shared {
+                    chunks.lock().done = true;
+                }
+                drain(shared, slow)
+            });
+            assert_eq!(alone.0, all);
+            // A bad row ends the page at its chunk, with the row named.
+            let bad = PIPELINE_CHUNK * 2 + 5;
+            let failed = std::thread::scope(|scope| {
+                drain(PreparedRows::start(scope, rows(n, Some(bad)), preparer), slow)
+            });
+            assert_eq!(failed.0, all[..PIPELINE_CHUNK * 2]);
+            let err = failed.1.expect("the bad row fails its chunk").to_string();
+            assert!(err.contains(&format!("row '{bad}'")), "{err}");
+        }
+    }
 }
