@@ -671,13 +671,27 @@ struct ChunkState {
 }
 
 impl Chunks {
+    /// `rows` in chunks of [`PIPELINE_CHUNK`], none begun.
+    fn new(rows: Vec<Row>) -> Self {
+        let mut rows = rows.into_iter();
+        let mut slots = Vec::with_capacity(rows.len().div_ceil(PIPELINE_CHUNK));
+        while rows.len() > 0 {
+            slots.push(Slot::Rows(rows.by_ref().take(PIPELINE_CHUNK).collect()));
+        }
+        Chunks {
+            state: Mutex::new(ChunkState { slots, taken: 0, finished: Vec::new(), done: false }),
+            changed: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ChunkState> {
         crate::store::lock(&self.state)
     }
 
-    /// The helper: prepares chunks in page order, ahead of the writer,
-    /// then drops the chunks the writer hands back, until the writer is done.
-    fn help(&self, preparer: Preparer<'_>) {
+    /// The helper: prepares chunks in page order with `prepare`, ahead of
+    /// the writer, then drops the chunks the writer hands back, until the
+    /// writer is done.
+    fn help(&self, prepare: impl Fn(Vec<Row>) -> R<Vec<Prepared>>) {
         let mut state = self.lock();
         let mut at = 0;
         loop {
@@ -693,7 +707,10 @@ impl Chunks {
                     }
                 };
                 drop(state);
-                let chunk = preparer.prepare(rows);
+                // A panic here must not leave the writer waiting for this
+                // chunk: it gets an error instead, and the page rolls back.
+                let chunk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare(rows)))
+                    .unwrap_or_else(|_| Err(Error::internal("checking and planning rows panicked").into()));
                 state = self.lock();
                 state.slots[at] = Slot::Ready(chunk);
                 self.changed.notify_all();
@@ -731,19 +748,11 @@ impl<'e> PreparedRows<'e> {
         if rows.len() < PIPELINE_ROWS {
             return PreparedRows::Ready(Some(preparer.prepare(rows)));
         }
-        let mut rows = rows.into_iter();
-        let mut slots = Vec::with_capacity(rows.len().div_ceil(PIPELINE_CHUNK));
-        while rows.len() > 0 {
-            slots.push(Slot::Rows(rows.by_ref().take(PIPELINE_CHUNK).collect()));
-        }
-        let chunks = Arc::new(Chunks {
-            state: Mutex::new(ChunkState { slots, taken: 0, finished: Vec::new(), done: false }),
-            changed: Condvar::new(),
-        });
+        let chunks = Arc::new(Chunks::new(rows));
         let helper = Arc::clone(&chunks);
         let started = std::thread::Builder::new()
             .name("sqlite-prepare".into())
-            .spawn_scoped(scope, move || helper.help(preparer));
+            .spawn_scoped(scope, move || helper.help(|rows| preparer.prepare(rows)));
         if let Err(e) = started {
             tracing::warn!(error = %e, "could not start a thread to prepare rows; the writer prepares them");
         }
@@ -1599,5 +1608,20 @@ mod tests {
             let err = failed.1.expect("the bad row fails its chunk").to_string();
             assert!(err.contains(&format!("row '{bad}'")), "{err}");
         }
+
+        // A helper that panics fails the chunk it was preparing; the writer
+        // does not wait for it forever.
+        let chunks = Arc::new(Chunks::new(rows(n, None)));
+        let failed = std::thread::scope(|scope| {
+            let helper = Arc::clone(&chunks);
+            scope.spawn(move || helper.help(|_| panic!("a bug while preparing")));
+            while matches!(chunks.lock().slots[0], Slot::Rows(_) | Slot::Preparing) {
+                std::thread::yield_now();
+            }
+            drain(PreparedRows::Shared { chunks: Arc::clone(&chunks), next: 0, preparer }, false)
+        });
+        assert!(failed.0.is_empty());
+        let err = failed.1.expect("the first chunk fails").to_string();
+        assert!(err.contains("panicked"), "{err}");
     }
 }
