@@ -662,7 +662,7 @@ struct Chunks {
 
 struct ChunkState {
     slots: Vec<Slot>,
-    /// Chunks the writer has taken.
+    /// Chunks the writer has taken; the next it takes is this one.
     taken: usize,
     /// Chunks the writer is done with, for the helper to drop.
     finished: Vec<Vec<Prepared>>,
@@ -737,7 +737,7 @@ enum PreparedRows<'e> {
     /// itself when its next chunk is not begun (the helper starts late, or
     /// is kept off a busy CPU): the writer never waits for work it could
     /// do. The helper also drops the chunks the writer is done with.
-    Shared { chunks: Arc<Chunks>, next: usize, preparer: Preparer<'e> },
+    Shared { chunks: Arc<Chunks>, preparer: Preparer<'e> },
 }
 
 impl<'e> PreparedRows<'e> {
@@ -756,21 +756,20 @@ impl<'e> PreparedRows<'e> {
         if let Err(e) = started {
             tracing::warn!(error = %e, "could not start a thread to prepare rows; the writer prepares them");
         }
-        PreparedRows::Shared { chunks, next: 0, preparer }
+        PreparedRows::Shared { chunks, preparer }
     }
 
     /// The next chunk, `None` after the last.
     fn next(&mut self) -> Option<R<Vec<Prepared>>> {
         match self {
             PreparedRows::Ready(chunk) => chunk.take(),
-            PreparedRows::Shared { chunks, next, preparer } => {
+            PreparedRows::Shared { chunks, preparer } => {
                 let mut state = chunks.lock();
-                let at = *next;
+                let at = state.taken;
                 if at >= state.slots.len() {
                     return None;
                 }
-                *next += 1;
-                state.taken = *next;
+                state.taken += 1;
                 chunks.changed.notify_all();
                 loop {
                     match std::mem::replace(&mut state.slots[at], Slot::Taken) {
@@ -785,9 +784,10 @@ impl<'e> PreparedRows<'e> {
                                 chunks.changed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
                         }
                         Slot::Taken => {
-                            return Some(Err(StoreError::Corrupt(format!(
+                            return Some(Err(Error::internal(format!(
                                 "chunk {at} of a page was taken twice"
-                            ))));
+                            ))
+                            .into()));
                         }
                     }
                 }
@@ -1618,7 +1618,7 @@ mod tests {
             while matches!(chunks.lock().slots[0], Slot::Rows(_) | Slot::Preparing) {
                 std::thread::yield_now();
             }
-            drain(PreparedRows::Shared { chunks: Arc::clone(&chunks), next: 0, preparer }, false)
+            drain(PreparedRows::Shared { chunks: Arc::clone(&chunks), preparer }, false)
         });
         assert!(failed.0.is_empty());
         let err = failed.1.expect("the first chunk fails").to_string();
