@@ -1233,6 +1233,70 @@ async fn pulls_read_hand_edited_keys_canonically_and_refuse_missing_rows() {
     assert!(err.to_string().contains("not staged"), "{err}");
 }
 
+#[tokio::test]
+async fn stale_puts_of_deleted_rows_are_skipped_and_rows_deleted_by_hand_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, staging) = setup(dir.path()).await;
+    let org = org_id("contoso");
+    let account = entity("account");
+    let sales = sales_profile();
+    staging.put_profile(&sales).await.unwrap();
+    let ids: Vec<RowId> = (0..30).map(|i| account_row(i, 0, 3).id).collect();
+    staging
+        .apply_changes(&account, page((0..30).map(|i| account_row(i, 0, 3)).collect(), vec![], "t1"))
+        .await
+        .unwrap();
+    // Changed and deleted in one page: the change's puts are replaced in
+    // memory, the puts it replaced stay as stale entries of gone rows.
+    staging
+        .apply_changes(
+            &account,
+            page((0..5).map(|i| account_row(i, 1, 3)).collect(), ids[..5].to_vec(), "t2"),
+        )
+        .await
+        .unwrap();
+    // Changed (some leave `active`, leaving a tombstone there and a stale
+    // put), then deleted in a later page.
+    staging
+        .apply_changes(&account, page((5..15).map(|i| account_row(i, 1, 3)).collect(), vec![], "t3"))
+        .await
+        .unwrap();
+    staging.apply_changes(&account, page(vec![], ids[5..15].to_vec(), "t4")).await.unwrap();
+
+    let rows = all_rows(staging.as_ref(), &account).await;
+    assert_eq!(rows.len(), 15);
+    let expected = recompute(&account_meta(), std::slice::from_ref(&sales), &rows);
+    let mut keys = vec![key_of(&sales, "active", &[])];
+    keys.extend((0..3).map(|o| key_of(&sales, "mine", &[("user.id", owner(o, 3).to_string())])));
+    for key in &keys {
+        let want = expected.get(key.as_str()).map(|e| e.0.clone()).unwrap_or_default();
+        for max_rows in [1, 4, 1_000] {
+            assert_eq!(
+                held_after_pull(staging.as_ref(), key, max_rows).await,
+                want,
+                "{key}, pages of {max_rows}"
+            );
+        }
+    }
+    assert_membership_recomputes(&store, &org, &account_meta()).await;
+
+    // A row deleted by hand under its membership is not taken for one the
+    // store deleted.
+    let conn = rusqlite::Connection::open(store.org_path(&org)).unwrap();
+    assert_eq!(conn.execute("DELETE FROM account WHERE accountid = ?1", [ids[20].as_str()]).unwrap(), 1);
+    let mut errors = Vec::new();
+    for key in &keys {
+        let plan =
+            PullPlan { partitions: vec![(key.clone(), Seq::ZERO)], max_rows: 1_000, max_bytes: 1 << 30 };
+        errors.extend(staging.pull(&plan).await.err());
+    }
+    assert!(!errors.is_empty(), "a pull of the row's partitions fails");
+    for err in errors {
+        assert_eq!(err.kind(), ErrorKind::Internal);
+        assert!(err.to_string().contains("not staged"), "{err}");
+    }
+}
+
 /// Pulls every change of `key` from the start, `max_rows` at a time; returns
 /// the rows it holds at the end (id and version) and whether any row came
 /// twice (a from-scratch pull of a partition meets each row at most once).
