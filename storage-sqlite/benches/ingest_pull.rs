@@ -46,6 +46,11 @@
 //!   change nothing, so each is repeated and the fastest run counts, on both
 //!   sides alike: this machine's noise is ±10–15 % from one run to the next.
 //!
+//! Each write phase also reports the bytes the process handed to `write`
+//! calls (WAL frames and checkpoint copies alike): unlike its time, that
+//! does not drift with the machine, and it shows what per-page commits of
+//! random updates cost.
+//!
 //! Each phase runs on raw rusqlite and then at once on the store, and the
 //! reads of one state take turns (raw, store, raw, store, ...): the speed
 //! of the machines these runs share drifts over minutes, and a ratio of two
@@ -259,6 +264,15 @@ fn cpu_time() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// Bytes this process has handed to `write` calls so far (`wchar` of
+/// `/proc/self/io`, every thread counted); zero where that is unavailable.
+/// Unlike a time it does not drift with the machine, so it shows a
+/// phase's write amplification even on a noisy run.
+fn bytes_written() -> u64 {
+    let Ok(io) = std::fs::read_to_string("/proc/self/io") else { return 0 };
+    io.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
 /// Wall and CPU time of `f`.
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
     let (w, c) = (Instant::now(), cpu_time());
@@ -279,16 +293,20 @@ fn shuffle<T>(v: &mut [T], mut seed: u64) {
     }
 }
 
-/// One measured phase: rows handled, wall time, CPU time.
+/// One measured phase: rows handled, wall time, CPU time, bytes written.
 #[derive(Debug)]
 struct Phase {
     rows: usize,
     wall: Duration,
     cpu: Duration,
+    written: u64,
 }
 
-fn phase(rows: usize, (_, wall, cpu): ((), Duration, Duration)) -> Phase {
-    Phase { rows, wall, cpu }
+/// Runs and measures a phase that writes `rows` rows.
+fn phase(rows: usize, f: impl FnOnce()) -> Phase {
+    let before = bytes_written();
+    let ((), wall, cpu) = timed(f);
+    Phase { rows, wall, cpu, written: bytes_written().saturating_sub(before) }
 }
 
 /// Runs the reads in turns, `repeat` rounds of one run each, and keeps the
@@ -302,7 +320,7 @@ fn best_in_turns(repeat: usize, reads: &mut [&mut dyn FnMut() -> usize]) -> Vec<
         for (read, best) in reads.iter_mut().zip(&mut best) {
             let (rows, wall, cpu) = timed(&mut **read);
             if best.as_ref().is_none_or(|b| wall < b.wall) {
-                *best = Some(Phase { rows, wall, cpu });
+                *best = Some(Phase { rows, wall, cpu, written: 0 });
             }
         }
     }
@@ -366,30 +384,21 @@ fn main() {
             .collect();
     let s = staging.as_ref();
     let ingest_into_store = |pages: Vec<ChangePage>| {
-        phase(
-            n,
-            timed(|| {
-                rt.block_on(async {
-                    ingest(s, pages).await;
-                    store.checkpoint(&org_id("bench")).await.unwrap();
-                })
-            }),
-        )
+        phase(n, || {
+            rt.block_on(async {
+                ingest(s, pages).await;
+                store.checkpoint(&org_id("bench")).await.unwrap();
+            })
+        })
     };
 
     // New rows.
-    let raw_ingest = phase(
-        n,
-        timed(|| {
-            raw_upsert(&mut raw, &fresh, 1, n);
-        }),
-    );
-    let raw_paged_ingest = phase(
-        n,
-        timed(|| {
-            raw_upsert(&mut raw_paged, &fresh, 1, page);
-        }),
-    );
+    let raw_ingest = phase(n, || {
+        raw_upsert(&mut raw, &fresh, 1, n);
+    });
+    let raw_paged_ingest = phase(n, || {
+        raw_upsert(&mut raw_paged, &fresh, 1, page);
+    });
     let ours_ingest = ingest_into_store(pages(fresh, page, "a"));
     let [raw_scan_fresh, pull_fresh, pull_active]: [Phase; 3] = best_in_turns(
         repeat,
@@ -404,18 +413,12 @@ fn main() {
     assert_eq!(raw_scan_fresh.rows, n);
 
     // Every row again, changed, in random order.
-    let raw_update = phase(
-        n,
-        timed(|| {
-            raw_upsert(&mut raw, &updated, n as i64 + 1, n);
-        }),
-    );
-    let raw_paged_update = phase(
-        n,
-        timed(|| {
-            raw_upsert(&mut raw_paged, &updated, n as i64 + 1, page);
-        }),
-    );
+    let raw_update = phase(n, || {
+        raw_upsert(&mut raw, &updated, n as i64 + 1, n);
+    });
+    let raw_paged_update = phase(n, || {
+        raw_upsert(&mut raw_paged, &updated, n as i64 + 1, page);
+    });
     let ours_update = ingest_into_store(pages(updated, page, "b"));
     let [raw_scan_updated, pull_updated]: [Phase; 2] = best_in_turns(
         repeat,
@@ -464,5 +467,16 @@ fn main() {
         pull_updated.wall,
         raw_paged_ingest.wall,
         raw_paged_update.wall
+    );
+    let mib = |p: &Phase| p.written as f64 / f64::from(1 << 20);
+    println!(
+        "written (MiB, WAL and checkpoints): raw insert {:.0}, update {:.0}; store ingest {:.0}, update {:.0}; \
+         raw committing every {page} rows: insert {:.0}, update {:.0}",
+        mib(&raw_ingest),
+        mib(&raw_update),
+        mib(&ours_ingest),
+        mib(&ours_update),
+        mib(&raw_paged_ingest),
+        mib(&raw_paged_update)
     );
 }
