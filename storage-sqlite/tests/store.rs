@@ -1268,16 +1268,7 @@ async fn stale_puts_of_deleted_rows_are_skipped_and_rows_deleted_by_hand_are_not
     let expected = recompute(&account_meta(), std::slice::from_ref(&sales), &rows);
     let mut keys = vec![key_of(&sales, "active", &[])];
     keys.extend((0..3).map(|o| key_of(&sales, "mine", &[("user.id", owner(o, 3).to_string())])));
-    for key in &keys {
-        let want = expected.get(key.as_str()).map(|e| e.0.clone()).unwrap_or_default();
-        for max_rows in [1, 4, 1_000] {
-            assert_eq!(
-                held_after_pull(staging.as_ref(), key, max_rows).await,
-                want,
-                "{key}, pages of {max_rows}"
-            );
-        }
-    }
+    assert_pulls_hold(staging.as_ref(), &keys, &expected, &[1, 4, 1_000]).await;
     assert_membership_recomputes(&store, &org, &account_meta()).await;
 
     // A row deleted by hand under its membership is not taken for one the
@@ -1323,6 +1314,24 @@ async fn held_after_pull(
         position = p.positions[0].1;
         if !p.more {
             return held.into_iter().collect();
+        }
+    }
+}
+
+/// Asserts that a pull of each of `keys` from the start, in pages of each
+/// of `page_sizes`, ends holding what `expected` (a recomputation) puts in
+/// that partition, and that no partition is empty.
+async fn assert_pulls_hold(
+    staging: &dyn OrgStaging,
+    keys: &[PartitionKey],
+    expected: &Membership,
+    page_sizes: &[usize],
+) {
+    for key in keys {
+        let want = expected.get(key.as_str()).map(|e| e.0.clone()).unwrap_or_default();
+        assert!(!want.is_empty(), "{key} has members");
+        for &max_rows in page_sizes {
+            assert_eq!(held_after_pull(staging, key, max_rows).await, want, "{key}, pages of {max_rows}");
         }
     }
 }
@@ -1397,17 +1406,7 @@ async fn pulls_skip_stale_puts_in_single_and_mixed_partitions() {
     let expected = recompute(&account_meta(), &profiles, &rows);
     let mut keys = vec![open_key, key_of(&sales, "active", &[])];
     keys.extend((0..3).map(|o| key_of(&sales, "mine", &[("user.id", owner(o, 3).to_string())])));
-    for key in &keys {
-        let want = expected.get(key.as_str()).map(|e| e.0.clone()).unwrap_or_default();
-        assert!(!want.is_empty(), "{key} has members");
-        for max_rows in [1, 7, 1_000] {
-            assert_eq!(
-                held_after_pull(staging.as_ref(), key, max_rows).await,
-                want,
-                "{key}, pages of {max_rows}"
-            );
-        }
-    }
+    assert_pulls_hold(staging.as_ref(), &keys, &expected, &[1, 7, 1_000]).await;
     // (The checksums of the org's partitions are all of accounts now.)
     assert_membership_recomputes(&store, &org, &account_meta()).await;
 
@@ -1418,9 +1417,6 @@ async fn pulls_skip_stale_puts_in_single_and_mixed_partitions() {
         .query_row("SELECT count(*) FROM _sync_stale", [], |r| r.get(0))
         .unwrap();
     assert_eq!(stale, 0);
-    for key in &keys {
-        let want = expected.get(key.as_str()).map(|e| e.0.clone()).unwrap_or_default();
-        assert_eq!(held_after_pull(staging.as_ref(), key, 7).await, want, "{key} after compaction");
-    }
+    assert_pulls_hold(staging.as_ref(), &keys, &expected, &[7]).await;
     assert_membership_recomputes(&store, &org, &account_meta()).await;
 }
