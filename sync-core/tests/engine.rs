@@ -1,6 +1,6 @@
 //! Unit tests of the workers with mockall mocks of the source: failures and
-//! retries, poison items, redelivered events, deprovision during a sync, and
-//! idempotency of every message.
+//! retries, poison items, redelivered events, deprovision during a sync,
+//! idempotency of every message, and change pages staged in batches.
 #![cfg(all(feature = "memory", feature = "mock"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -68,7 +68,11 @@ fn rig(connector: Arc<dyn SourceConnector>) -> Rig {
 
 /// A connector whose source is the given mock.
 fn mock_connector(source: MockMetadataSource) -> Arc<dyn SourceConnector> {
-    let source: Arc<dyn MetadataSource> = Arc::new(source);
+    connector_of(Arc::new(source))
+}
+
+/// A connector that connects every org to `source`.
+fn connector_of(source: Arc<dyn MetadataSource>) -> Arc<dyn SourceConnector> {
     let mut connector = MockSourceConnector::new();
     connector.expect_connect().returning(move |_| Ok(source.clone()));
     Arc::new(connector)
@@ -250,8 +254,13 @@ async fn the_runner_stages_in_the_background_and_stops_without_leaving_leases() 
     let store = Arc::new(MemoryStagingStore::new());
     let queue = Arc::new(MemoryQueue::new());
     let sources = Arc::new(SourceCache::new(Arc::new(connector)));
-    let config =
-        WorkerConfig { idle_poll: Duration::from_millis(10), page_size: 2, ..WorkerConfig::default() };
+    // Every page in its own commit, so that rows show up mid-run.
+    let config = WorkerConfig {
+        idle_poll: Duration::from_millis(10),
+        page_size: 2,
+        commit_bytes: 0,
+        ..WorkerConfig::default()
+    };
     let runner = WorkerRunner::start(
         store.clone(),
         queue.clone(),
@@ -297,4 +306,158 @@ async fn the_runner_stages_in_the_background_and_stops_without_leaving_leases() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     runner.shutdown().await;
+}
+
+/// A source of 20 account rows `r00`..`r19`, and a work item for it.
+fn twenty_rows() -> (Arc<MemorySource>, SyncWorkItem) {
+    let source = Arc::new(MemorySource::with_entities([account()]).unwrap());
+    for i in 0..20 {
+        source.upsert("account", row(&format!("r{i:02}"), "x")).unwrap();
+    }
+    let item = SyncWorkItem { org: org(), entity: account().name, source: MemoryConnector::config("crm") };
+    (source, item)
+}
+
+/// A store with `org()` provisioned, and a stager over it and `source`
+/// with `config`.
+async fn stager_with(
+    source: Arc<dyn MetadataSource>,
+    config: WorkerConfig,
+) -> (Arc<MemoryStagingStore>, StagingSync) {
+    let rig = rig(connector_of(source.clone()));
+    let event = ProvisioningEvent::Provision { org: OrgConfig::new(org(), MemoryConnector::config("crm")) };
+    rig.provisioner.handle(&event).await.unwrap();
+    let sources = Arc::new(SourceCache::new(connector_of(source)));
+    (rig.store.clone(), StagingSync::new(rig.store, rig.queue, sources, config))
+}
+
+async fn staged(store: &MemoryStagingStore) -> Vec<Row> {
+    let handle = store.org(&org()).await.unwrap();
+    let mut out = Vec::new();
+    for id in handle.row_ids(&account().name, None, 1000).await.unwrap() {
+        out.push(handle.row(&account().name, &id).await.unwrap().unwrap().row);
+    }
+    out
+}
+
+#[tokio::test]
+async fn pages_are_staged_in_batches_up_to_the_budget() {
+    let (source, item) = twenty_rows();
+    let per_row = source.rows("account").unwrap()[0].approx_size();
+    let mut expected = None;
+    for (budget, commits) in [(0, 10..=10), (5 * per_row, 4..=4), (usize::MAX, 1..=1)] {
+        let config = WorkerConfig { commit_bytes: budget, ..config() };
+        let (store, stager) = stager_with(source.clone(), config).await;
+        let outcome = stager.sync_entity(&item, None, None).await.unwrap();
+        let RunOutcome::Synced { rows: 20, pages: 10, commits: c } = outcome else { panic!("{outcome:?}") };
+        // Pages of two rows; a batch commits once it holds at least the budget.
+        assert!(commits.contains(&c), "budget {budget}: {c} commits");
+        let rows = staged(&store).await;
+        assert_eq!(rows.len(), 20);
+        assert_eq!(expected.get_or_insert_with(|| rows.clone()), &rows, "budget {budget}");
+        // The token of the last page committed: nothing is read again.
+        let again = stager.sync_entity(&item, None, None).await.unwrap();
+        assert!(matches!(again, RunOutcome::Synced { rows: 0, pages: 1, .. }), "{again:?}");
+        // Changes after it, an upsert and a delete of the same row among them, merge.
+        source.upsert("account", row("r01", "changed")).unwrap();
+        source.upsert("account", row("r30", "new")).unwrap();
+        source.delete("account", "r30").unwrap();
+        source.delete("account", "r02").unwrap();
+        stager.sync_entity(&item, None, None).await.unwrap();
+        let rows = staged(&store).await;
+        assert_eq!(rows.len(), 19);
+        assert_eq!(rows[1].get("name"), Some(&Value::from("changed")));
+        assert!(rows.iter().all(|r| r.id.as_str() != "r02" && r.id.as_str() != "r30"));
+        source.upsert("account", row("r01", "x")).unwrap();
+        source.upsert("account", row("r02", "x")).unwrap();
+    }
+}
+
+/// A source that notes, for each read, the token asked with and the token
+/// the store held at that moment; and can request a stop at a given read.
+struct Watching {
+    inner: Arc<MemorySource>,
+    store: Mutex<Option<Arc<MemoryStagingStore>>>,
+    reads: Mutex<Vec<(Option<ChangeToken>, Option<ChangeToken>)>>,
+    stop_at: Option<(usize, tokio::sync::watch::Sender<bool>)>,
+}
+
+#[async_trait::async_trait]
+impl MetadataSource for Watching {
+    async fn entities(&self) -> Result<Vec<EntityMetadata>> {
+        self.inner.entities().await
+    }
+
+    async fn changes(
+        &self,
+        entity: &EntityName,
+        token: Option<ChangeToken>,
+        page_size: usize,
+    ) -> Result<ChangePage> {
+        let store = self.store.lock().unwrap().clone().unwrap();
+        let held = store.org(&org()).await?.source_token(entity).await?;
+        let n = {
+            let mut reads = self.reads.lock().unwrap();
+            reads.push((token.clone(), held));
+            reads.len()
+        };
+        if let Some((at, stop)) = &self.stop_at
+            && n == *at
+        {
+            stop.send_replace(true);
+        }
+        self.inner.changes(entity, token, page_size).await
+    }
+
+    async fn apply(&self, entity: &EntityName, mutation: &Mutation) -> Result<Option<Row>> {
+        self.inner.apply(entity, mutation).await
+    }
+}
+
+#[tokio::test]
+async fn the_next_page_is_read_while_a_batch_commits() {
+    let (inner, item) = twenty_rows();
+    let watching =
+        Arc::new(Watching { inner, store: Mutex::default(), reads: Mutex::default(), stop_at: None });
+    let (store, stager) = stager_with(watching.clone(), WorkerConfig { commit_bytes: 0, ..config() }).await;
+    *watching.store.lock().unwrap() = Some(store);
+    stager.sync_entity(&item, None, None).await.unwrap();
+    let reads = watching.reads.lock().unwrap().clone();
+    assert_eq!(reads.len(), 10);
+    assert_eq!(reads[0], (None, None));
+    for (i, pair) in reads.windows(2).enumerate() {
+        let [(before, _), (asked, held)] = pair else { unreachable!() };
+        assert!(asked.is_some(), "read {}", i + 1);
+        // Page i+1 was read before page i (whose token it asks with) committed.
+        assert_eq!(held, before, "read {}: the store already held the token asked with", i + 1);
+    }
+}
+
+#[tokio::test]
+async fn a_stop_commits_the_pages_already_read() {
+    let (inner, item) = twenty_rows();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watching = Arc::new(Watching {
+        inner,
+        store: Mutex::default(),
+        reads: Mutex::default(),
+        stop_at: Some((3, stop_tx)),
+    });
+    let (store, stager) =
+        stager_with(watching.clone(), WorkerConfig { commit_bytes: usize::MAX, ..config() }).await;
+    *watching.store.lock().unwrap() = Some(store.clone());
+    let outcome = stager.sync_entity(&item, None, Some(&stop_rx)).await.unwrap();
+    assert_eq!(outcome, RunOutcome::Interrupted);
+    // The three pages read were staged with the third page's token.
+    let rows = staged(&store).await;
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["r00", "r01", "r02", "r03", "r04", "r05"]);
+    let handle = store.org(&org()).await.unwrap();
+    let token = handle.source_token(&account().name).await.unwrap();
+    let page = watching.inner.changes(&account().name, token, 2).await.unwrap();
+    assert_eq!(page.upserts[0].id.as_str(), "r06", "the stored token resumes after the pages staged");
+    // A run without the stop finishes the entity.
+    let outcome = stager.sync_entity(&item, None, None).await.unwrap();
+    assert!(matches!(outcome, RunOutcome::Synced { rows: 14, pages: 7, commits: 1 }), "{outcome:?}");
+    assert_eq!(staged(&store).await.len(), 20);
 }

@@ -4,6 +4,7 @@
 //! delivery, so both are idempotent: handling a message twice leaves the same
 //! staged state as handling it once.
 
+mod batch;
 mod provisioner;
 mod retention;
 mod runner;
@@ -32,6 +33,22 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// Rows asked of the source per change page.
     pub page_size: usize,
+    /// Most change data staged in one transaction, in bytes of the rows'
+    /// JSON form ([`Row::approx_size`](crate::Row::approx_size)): the
+    /// staging worker merges consecutive change pages (the last op of each
+    /// row wins) until they reach this size, then commits them with the
+    /// last page's token while it reads the next page. A commit rewrites
+    /// every database page it touched, so larger transactions write far
+    /// less; the price is memory (about this much, a few times over, as
+    /// rows in memory), rows becoming visible later, and that a page the
+    /// store rejects fails its whole batch (nothing of the batch is
+    /// staged; the run's error says why). At least one page goes in each
+    /// transaction; 0 commits every page on its own.
+    pub commit_bytes: usize,
+    /// Longest a merged page waits for more pages before it is committed,
+    /// so that rows of a slow source still become visible promptly.
+    #[serde(with = "millis")]
+    pub commit_interval: Duration,
     /// How long an idle worker waits before asking the queue again.
     #[serde(with = "millis")]
     pub idle_poll: Duration,
@@ -48,6 +65,8 @@ impl Default for WorkerConfig {
         WorkerConfig {
             lease: Duration::from_secs(60),
             page_size: 1000,
+            commit_bytes: 16 << 20,
+            commit_interval: Duration::from_secs(2),
             idle_poll: Duration::from_millis(500),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),

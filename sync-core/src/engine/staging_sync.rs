@@ -6,11 +6,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::batch::PageBatch;
 use super::{SourceCache, WorkerConfig, settle};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{QueueName, RowId};
 use crate::org::{DATASYNC_QUEUE, SyncRunReport, SyncWorkItem};
 use crate::queue::{Delivery, Message, WorkQueue};
+use crate::row::ChangePage;
 use crate::staging::{OrgStaging, StagingStore};
 
 /// How a staging-sync run ended.
@@ -22,18 +24,32 @@ pub enum RunOutcome {
         rows: u64,
         /// Change pages read.
         pages: u64,
+        /// Transactions the pages were staged in (see
+        /// [`WorkerConfig::commit_bytes`]).
+        commits: u64,
     },
     /// The org is not (or no longer) provisioned: nothing to do, no reschedule.
     OrgGone,
     /// The source no longer offers the entity: no reschedule.
     EntityGone,
-    /// Stopped between two pages by a shutdown; every applied page is committed.
+    /// Stopped between two pages by a shutdown; the pages read before it
+    /// are committed.
     Interrupted,
 }
 
+/// Counters of one run.
+struct Progress {
+    rows: u64,
+    pages: u64,
+    commits: u64,
+    logged_pages: u64,
+    started: Instant,
+}
+
 /// Keeps one entity's staging table in step with the source: applies schema
-/// drift, then reads change pages and applies each atomically with its
-/// token. A token the source no longer honours triggers a full re-read
+/// drift, then reads change pages and applies them, merged into batches of
+/// up to [`WorkerConfig::commit_bytes`], each atomically with the token of
+/// its last page; the next page is read while a batch commits. A token the source no longer honours triggers a full re-read
 /// that also removes rows the source no longer has; during it no
 /// intermediate token is committed, so a crash restarts the re-read rather
 /// than leaving stale rows behind.
@@ -85,12 +101,20 @@ impl StagingSync {
 
         let mut token = org.source_token(&item.entity).await?;
         let mut full_reread: Option<HashSet<RowId>> = None;
-        let mut rows = 0u64;
-        let mut pages = 0u64;
+        let mut run = Progress { rows: 0, pages: 0, commits: 0, logged_pages: 0, started: Instant::now() };
         let mut last_extend = Instant::now();
-        let started = Instant::now();
+        // Pages read and not yet applied, and a page read while the
+        // previous batch was being applied.
+        let mut batch = PageBatch::default();
+        let mut read_ahead: Option<Result<ChangePage>> = None;
         loop {
             if stop.is_some_and(|s| *s.borrow()) {
+                if !batch.is_empty() {
+                    let applied = org.apply_changes(&item.entity, batch.into_page()).await;
+                    if self.applied(item, &mut run, applied).await?.is_none() {
+                        return Ok(RunOutcome::OrgGone);
+                    }
+                }
                 return Ok(RunOutcome::Interrupted);
             }
             if let Some(d) = lease
@@ -99,67 +123,104 @@ impl StagingSync {
                 self.queue.extend(d, self.config.lease).await?;
                 last_extend = Instant::now();
             }
-            let page = match source.changes(&item.entity, token.clone(), self.config.page_size).await {
+            let read = match read_ahead.take() {
+                Some(r) => r,
+                None => source.changes(&item.entity, token.clone(), self.config.page_size).await,
+            };
+            let mut page = match read {
                 Ok(p) => p,
                 Err(e) if e.kind() == ErrorKind::ResyncRequired && full_reread.is_none() => {
                     tracing::warn!(org = %item.org, entity = %item.entity, reason = %e,
                         "source token expired; re-reading the entity in full");
+                    // The re-read supersedes whatever was read before.
                     full_reread = Some(HashSet::new());
+                    batch = PageBatch::default();
                     token = None;
                     continue;
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(RunOutcome::EntityGone),
                 Err(e) => return Err(e),
             };
-            pages += 1;
+            run.pages += 1;
             let more = page.more;
-            let next = page.next_token.clone();
-            let applied = match &mut full_reread {
-                None => org.apply_changes(&item.entity, page).await,
-                Some(seen) => {
-                    seen.extend(
-                        page.upserts
-                            .iter()
-                            .map(|r| meta.parse_row_id(r.id.as_str()))
-                            .collect::<Result<Vec<_>>>()?,
-                    );
-                    let mut page = page;
-                    if more {
-                        // No intermediate token: a crash restarts the re-read.
-                        page.next_token = None;
-                    } else {
-                        page.deletes.extend(unseen_rows(org.as_ref(), &item.entity, seen).await?);
-                    }
-                    org.apply_changes(&item.entity, page).await
+            if more {
+                if page.next_token.is_none() {
+                    return Err(Error::internal(format!(
+                        "source said more pages follow for '{}' but gave no token to read them with",
+                        item.entity
+                    )));
                 }
-            };
-            let outcome = match applied {
-                Ok(o) => o,
-                // Deprovisioned while we were reading: stop quietly.
-                Err(e) if e.kind() == ErrorKind::NotFound && self.org_gone(&item.org).await? => {
-                    tracing::info!(org = %item.org, entity = %item.entity, "org deprovisioned during its sync; stopping");
+                token.clone_from(&page.next_token);
+            }
+            if let Some(seen) = &mut full_reread {
+                seen.extend(
+                    page.upserts
+                        .iter()
+                        .map(|r| meta.parse_row_id(r.id.as_str()))
+                        .collect::<Result<Vec<_>>>()?,
+                );
+                if more {
+                    // No intermediate token: a crash restarts the re-read.
+                    page.next_token = None;
+                } else {
+                    page.deletes.extend(unseen_rows(org.as_ref(), &item.entity, seen).await?);
+                }
+            }
+            batch.push(&meta, page)?;
+            if !more {
+                let applied = org.apply_changes(&item.entity, std::mem::take(&mut batch).into_page()).await;
+                if self.applied(item, &mut run, applied).await?.is_none() {
                     return Ok(RunOutcome::OrgGone);
                 }
-                Err(e) => return Err(e),
-            };
-            rows += outcome.upserted + outcome.deleted;
-            if pages.is_multiple_of(50) {
-                tracing::info!(org = %item.org, entity = %item.entity, pages, rows,
-                    elapsed_ms = started.elapsed().as_millis() as u64, "staging sync in progress");
-            }
-            if !more {
                 break;
             }
-            if next.is_none() {
-                return Err(Error::internal(format!(
-                    "source said more pages follow for '{}' but gave no token to read them with",
-                    item.entity
-                )));
+            let due = batch.bytes() >= self.config.commit_bytes
+                || batch.since().is_some_and(|t| t.elapsed() >= self.config.commit_interval);
+            if due {
+                // Read the next page while this batch commits; the read
+                // starts first, so a slow source and a slow store overlap.
+                let pending = std::mem::take(&mut batch).into_page();
+                let (next, applied) = tokio::join!(
+                    source.changes(&item.entity, token.clone(), self.config.page_size),
+                    org.apply_changes(&item.entity, pending),
+                );
+                if self.applied(item, &mut run, applied).await?.is_none() {
+                    return Ok(RunOutcome::OrgGone);
+                }
+                read_ahead = Some(next);
             }
-            token = next;
         }
-        tracing::debug!(org = %item.org, entity = %item.entity, pages, rows, "entity in step with the source");
-        Ok(RunOutcome::Synced { rows, pages })
+        let Progress { rows, pages, commits, .. } = run;
+        tracing::debug!(org = %item.org, entity = %item.entity, pages, rows, commits, "entity in step with the source");
+        Ok(RunOutcome::Synced { rows, pages, commits })
+    }
+
+    /// Counts an applied batch into `run` and reports progress. `Ok(None)`
+    /// when the apply failed because the org was deprovisioned meanwhile.
+    async fn applied(
+        &self,
+        item: &SyncWorkItem,
+        run: &mut Progress,
+        applied: Result<crate::staging::ApplyOutcome>,
+    ) -> Result<Option<()>> {
+        let outcome = match applied {
+            Ok(o) => o,
+            // Deprovisioned while we were reading: stop quietly.
+            Err(e) if e.kind() == ErrorKind::NotFound && self.org_gone(&item.org).await? => {
+                tracing::info!(org = %item.org, entity = %item.entity, "org deprovisioned during its sync; stopping");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        run.rows += outcome.upserted + outcome.deleted;
+        run.commits += 1;
+        if run.pages >= run.logged_pages + 50 {
+            run.logged_pages = run.pages;
+            tracing::info!(org = %item.org, entity = %item.entity, pages = run.pages, rows = run.rows,
+                commits = run.commits, elapsed_ms = run.started.elapsed().as_millis() as u64,
+                "staging sync in progress");
+        }
+        Ok(Some(()))
     }
 
     /// Receives and handles one work item: syncs, records the run, schedules
