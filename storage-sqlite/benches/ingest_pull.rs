@@ -15,7 +15,8 @@
 //! `SQLITE_BENCH_DIR` (where the databases go; default a temporary
 //! directory), `SQLITE_BENCH_REPEAT` (times each pull and each raw scan is
 //! run, the fastest reported; default 3), and a store option to try:
-//! `SQLITE_BENCH_WAL_PAGES` (`wal_autocheckpoint`, default the store's).
+//! `SQLITE_BENCH_WAL_PAGES` (`wal_autocheckpoint`, default the store's),
+//! and a worker option: `SQLITE_BENCH_COMMIT_BYTES` (`commit_bytes`).
 //!
 //! The process allocates with mimalloc, as the embedded server does: a pull
 //! page is built on a blocking reader thread and freed on the caller's, and
@@ -40,6 +41,13 @@
 //!   (a transaction per `SQLITE_BENCH_PAGE` rows, in a database of its own),
 //!   as the store commits each page with its token. The goal is set against
 //!   the single transaction; this line shows what the per-page commit costs.
+//! * through the staging worker: the same new rows, then the same updates,
+//!   into a second org by `StagingSync::sync_entity`, from a source that
+//!   hands out pages made before timing, of the worker's default page size
+//!   (1,000 rows). The worker merges pages into transactions of up to
+//!   `commit_bytes` (its default, or `SQLITE_BENCH_COMMIT_BYTES`) and reads
+//!   the next page while a batch commits; compared with the same raw single
+//!   transaction. This is how rows reach staging in a deployment.
 //! * pull: one user pulls `active` and `mine` from the start in pages, rows
 //!   decoded into typed values; raw rusqlite scans the table ordered by the
 //!   indexed version column, reading every column into owned values. Reads
@@ -66,11 +74,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
 use common::*;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use storage_sqlite::StoreOptions;
+use sync_core::engine::{RunOutcome, SourceCache, StagingSync, WorkerConfig};
 use sync_core::staging::PullPlan;
-use sync_core::{ChangePage, ChangeToken, PartitionKey, Principal, Row, Seq, StagingStore, Value};
+use sync_core::{
+    ChangePage, ChangeToken, EntityMetadata, EntityName, MetadataSource, Mutation, OrgSourceConfig,
+    PartitionKey, Principal, Row, Seq, SourceConnector, StagingStore, SyncWorkItem, Value,
+};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
@@ -222,6 +237,61 @@ fn pages(rows: Vec<Row>, page: usize, tag: &str) -> Vec<ChangePage> {
     out
 }
 
+/// A source that hands out change pages made beforehand, in order, each
+/// only for the token the previous one gave: the staging worker is timed
+/// on staging pages, not on reading a system of record.
+#[derive(Default)]
+struct PageSource {
+    pages: Mutex<VecDeque<ChangePage>>,
+    last: Mutex<Option<ChangeToken>>,
+}
+
+impl PageSource {
+    /// Makes the rows the changes that follow, as pages of `page` rows; the
+    /// last says no more follow.
+    fn load(&self, rows: Vec<Row>, page: usize, tag: &str) {
+        let mut pages = pages(rows, page, tag);
+        if let Some(last) = pages.last_mut() {
+            last.more = false;
+        }
+        *self.pages.lock().unwrap() = pages.into();
+    }
+}
+
+#[async_trait::async_trait]
+impl MetadataSource for PageSource {
+    async fn entities(&self) -> sync_core::Result<Vec<EntityMetadata>> {
+        Ok(vec![account_meta()])
+    }
+
+    async fn changes(
+        &self,
+        _entity: &EntityName,
+        token: Option<ChangeToken>,
+        _page_size: usize,
+    ) -> sync_core::Result<ChangePage> {
+        let mut last = self.last.lock().unwrap();
+        assert_eq!(token, *last, "pages are read in order");
+        let page = self.pages.lock().unwrap().pop_front().unwrap_or_default();
+        last.clone_from(&page.next_token);
+        Ok(page)
+    }
+
+    async fn apply(&self, _entity: &EntityName, _mutation: &Mutation) -> sync_core::Result<Option<Row>> {
+        Err(sync_core::Error::invalid("the bench source takes no writes"))
+    }
+}
+
+/// Connects every org to the one source.
+struct Connector(Arc<PageSource>);
+
+#[async_trait::async_trait]
+impl SourceConnector for Connector {
+    async fn connect(&self, _config: &OrgSourceConfig) -> sync_core::Result<Arc<dyn MetadataSource>> {
+        Ok(self.0.clone())
+    }
+}
+
 async fn ingest(staging: &dyn sync_core::OrgStaging, pages: Vec<ChangePage>) -> Duration {
     let start = Instant::now();
     for p in pages {
@@ -368,13 +438,52 @@ fn main() {
     let _ = std::fs::remove_dir_all(&store_dir);
     let profile = sales_profile();
     let (store, staging) = rt.block_on(async {
-        let store = open_store(&store_dir, options).await;
+        let store = Arc::new(open_store(&store_dir, options).await);
         store.create_org(&org_config("bench")).await.unwrap();
         let staging = store.org(&org_id("bench")).await.unwrap();
         staging.apply_schema(&account_meta()).await.unwrap();
         staging.put_profile(&profile).await.unwrap();
+        // The worker's org: the same schema (the worker finds it unchanged) and profile.
+        store.create_org(&org_config("engine")).await.unwrap();
+        let engine = store.org(&org_id("engine")).await.unwrap();
+        engine.apply_schema(&account_meta()).await.unwrap();
+        engine.put_profile(&profile).await.unwrap();
         (store, staging)
     });
+    let mut worker = WorkerConfig::default();
+    if let Ok(bytes) = std::env::var("SQLITE_BENCH_COMMIT_BYTES") {
+        worker.commit_bytes = bytes.replace('_', "").parse().unwrap();
+    }
+    let worker_page = worker.page_size;
+    let source = Arc::new(PageSource::default());
+    let stager = StagingSync::new(
+        store.clone(),
+        Arc::new(sync_core::memory::MemoryQueue::new()),
+        Arc::new(SourceCache::new(Arc::new(Connector(source.clone())))),
+        worker.clone(),
+    );
+    let item = SyncWorkItem {
+        org: org_id("engine"),
+        entity: entity("account"),
+        source: org_config("engine").source,
+    };
+    let through_worker = |rows: Vec<Row>, tag: &str| {
+        source.load(rows, worker_page, tag);
+        let mut commits = 0;
+        let measured = phase(n, || {
+            rt.block_on(async {
+                match stager.sync_entity(&item, None, None).await.unwrap() {
+                    RunOutcome::Synced { rows, commits: c, .. } => {
+                        assert_eq!(rows, n as u64);
+                        commits = c;
+                    }
+                    other => panic!("{other:?}"),
+                }
+                store.checkpoint(&org_id("engine")).await.unwrap();
+            })
+        });
+        (measured, commits)
+    };
     let principal = Principal::new(owner(0, owners).to_string(), org_id("bench")).with_role("sales");
     let keys: Vec<PartitionKey> =
         sync_core::filter::principal_partitions(&principal, &[profile], &[account_meta()])
@@ -399,7 +508,8 @@ fn main() {
     let raw_paged_ingest = phase(n, || {
         raw_upsert(&mut raw_paged, &fresh, 1, page);
     });
-    let ours_ingest = ingest_into_store(pages(fresh, page, "a"));
+    let ours_ingest = ingest_into_store(pages(fresh.clone(), page, "a"));
+    let (worker_ingest, worker_ingest_commits) = through_worker(fresh, "e");
     let [raw_scan_fresh, pull_fresh, pull_active]: [Phase; 3] = best_in_turns(
         repeat,
         &mut [
@@ -419,7 +529,8 @@ fn main() {
     let raw_paged_update = phase(n, || {
         raw_upsert(&mut raw_paged, &updated, n as i64 + 1, page);
     });
-    let ours_update = ingest_into_store(pages(updated, page, "b"));
+    let ours_update = ingest_into_store(pages(updated.clone(), page, "b"));
+    let (worker_update, worker_update_commits) = through_worker(updated, "f");
     let [raw_scan_updated, pull_updated]: [Phase; 2] = best_in_turns(
         repeat,
         &mut [&mut || raw_scan(&raw).0, &mut || rt.block_on(pull_everything(s, &keys, pull_page)).0],
@@ -427,7 +538,7 @@ fn main() {
     .try_into()
     .unwrap();
     assert_eq!(raw_scan_updated.rows, n);
-    drop((raw, raw_paged, staging, store));
+    drop((raw, raw_paged, staging, stager, store));
 
     println!();
     println!(
@@ -454,6 +565,13 @@ fn main() {
     line("ingest, new rows (rows/s)", &ours_ingest, &raw_paged_ingest);
     line("ingest, updates in random order", &ours_update, &raw_paged_update);
     println!(
+        "\nthrough the staging worker (source pages of {worker_page} rows, transactions of up to {} MiB: \
+         {worker_ingest_commits} and {worker_update_commits}), beside the raw single transaction:",
+        worker.commit_bytes >> 20
+    );
+    line("ingest, new rows (rows/s)", &worker_ingest, &raw_ingest);
+    line("ingest, updates in random order", &worker_update, &raw_update);
+    println!(
         "\nwall: raw insert {:.2?}, update {:.2?}, scan {:.2?} / {:.2?}; store ingest {:.2?}, update {:.2?}, \
          pull {:.2?} / {:.2?} / {:.2?}; raw committing every {page} rows: insert {:.2?}, update {:.2?}",
         raw_ingest.wall,
@@ -471,12 +589,15 @@ fn main() {
     let mib = |p: &Phase| p.written as f64 / f64::from(1 << 20);
     println!(
         "written (MiB, WAL and checkpoints): raw insert {:.0}, update {:.0}; store ingest {:.0}, update {:.0}; \
-         raw committing every {page} rows: insert {:.0}, update {:.0}",
+         raw committing every {page} rows: insert {:.0}, update {:.0}; through the worker: insert {:.0}, \
+         update {:.0}",
         mib(&raw_ingest),
         mib(&raw_update),
         mib(&ours_ingest),
         mib(&ours_update),
         mib(&raw_paged_ingest),
-        mib(&raw_paged_update)
+        mib(&raw_paged_update),
+        mib(&worker_ingest),
+        mib(&worker_update)
     );
 }
