@@ -54,6 +54,7 @@ pub(crate) struct Table {
     select_list: String,
     pull_join: String,
     select_by_key: String,
+    rid_by_key: String,
     select_by_rid: String,
     insert: String,
     update: String,
@@ -111,6 +112,7 @@ impl Table {
         Ok(Table {
             update_parts: format!("UPDATE {name} SET {parts} = ?2 WHERE {rid} = ?1"),
             select_by_key: format!("SELECT {select_list} FROM {name} WHERE {key} = ?1"),
+            rid_by_key: format!("SELECT {rid} FROM {name} WHERE {key} = ?1"),
             select_by_rid: format!("SELECT {select_list} FROM {name} WHERE {rid} = ?1"),
             delete: format!("DELETE FROM {name} WHERE {rid} = ?1"),
             insert,
@@ -360,6 +362,11 @@ impl Table {
     /// The select of a row by its stored key (`?1`).
     pub(crate) fn select_by_key(&self) -> &str {
         &self.select_by_key
+    }
+
+    /// `SELECT` of the row number of the row whose stored key is `?1`.
+    pub(crate) fn rid_by_key(&self) -> &str {
+        &self.rid_by_key
     }
 
     /// Runs a statement from [`Table::select_by_key`] for `key`.

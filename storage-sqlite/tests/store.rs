@@ -10,8 +10,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use common::*;
+use std::collections::BTreeMap;
 use storage_sqlite::{SqliteStagingStore, StoreOptions};
 use sync_core::staging::{MutationRecord, PullPlan, SchemaChange};
+
 use sync_core::{
     Attribute, AttributeType, ChangePage, ChangeToken, EntityMetadata, ErrorKind, MutationId, OrgStaging,
     Partition, PartitionKey, Principal, Profile, ProfileItem, ProfileName, Row, RowId, Seq, StagingStore,
@@ -458,6 +460,81 @@ async fn invalid_pages_change_nothing() {
 /// Large pages are checked and planned on a thread beside the writer;
 /// what they stage must not differ from the same rows in small pages, and
 /// a bad row anywhere in one must still change nothing.
+/// `rows` in a fixed scattered order.
+fn shuffle_rows(rows: &mut [Row]) {
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for i in (1..rows.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        rows.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+}
+
+#[tokio::test]
+async fn a_page_of_changes_is_staged_in_row_order_and_its_last_upsert_of_a_row_wins() {
+    let account = entity("account");
+    let staged_first: Vec<Row> = (0..2_000).map(|i| account_row(i, 0, 7)).collect();
+    // Changes in scattered order, new rows among them, and row 7 twice
+    // (spelled in capitals first); then row 11 deleted.
+    let changed: BTreeSet<u64> = (0..1_500).map(|i| (i * 613) % 2_000).collect();
+    let mut changes: Vec<Row> = changed.iter().map(|&i| account_row(i, 1, 7)).collect();
+    shuffle_rows(&mut changes);
+    changes.extend((5_000..5_100).map(|i| account_row(i, 0, 7)));
+    let mut shouted = account_row(7, 2, 7);
+    shouted.id = RowId::new(row_uuid(7).to_string().to_uppercase()).unwrap();
+    changes.insert(40, shouted);
+    changes.push(account_row(7, 3, 7));
+    let deleted = vec![account_row(11, 0, 7).id];
+    let mut results = Vec::new();
+    for per_page in [changes.len(), 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, staging) = setup(dir.path()).await;
+        staging.put_profile(&sales_profile()).await.unwrap();
+        staging.apply_changes(&account, page(staged_first.clone(), vec![], "t0")).await.unwrap();
+        for chunk in changes.chunks(per_page) {
+            staging.apply_changes(&account, page(chunk.to_vec(), vec![], "t1")).await.unwrap();
+        }
+        staging.apply_changes(&account, page(vec![], deleted.clone(), "t2")).await.unwrap();
+        assert_membership_recomputes(&store, &org_id("contoso"), &account_meta()).await;
+        let rows = all_rows(staging.as_ref(), &account).await;
+        if per_page > 1 {
+            // One page: the changed rows took their versions in the order
+            // they were first staged (0, 1, 2, ...), not in page order.
+            let versions: Vec<Seq> = (0..2_000u64)
+                .filter(|&i| i != 11)
+                .filter_map(|i| rows.get(&account_row(i, 0, 7).id).map(|r| r.1))
+                .filter(|&v| v > Seq(2_000))
+                .collect();
+            let rewritten: BTreeSet<u64> = changed.iter().copied().chain([7]).filter(|&i| i != 11).collect();
+            assert_eq!(versions.len(), rewritten.len());
+            assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions follow row order");
+        }
+        let keys: Vec<PartitionKey> = (0..7)
+            .map(|o| key_of(&sales_profile(), "mine", &[("user.id", owner(o, 7).to_string())]))
+            .chain([key_of(&sales_profile(), "active", &[])])
+            .collect();
+        let pulled: std::collections::BTreeSet<String> = pull_all(staging.as_ref(), &keys, 100_000)
+            .await
+            .changes
+            .iter()
+            .map(|c| {
+                format!("{:?} {} {:?}", c.partition, c.row_id, c.row.as_ref().map(|r| r.values().to_vec()))
+            })
+            .collect();
+        let values: BTreeMap<RowId, Row> = rows.into_iter().map(|(id, (row, _))| (id, row)).collect();
+        results.push((values, pulled));
+    }
+    let (one_page, row_by_row) = (&results[0], &results[1]);
+    assert_eq!(one_page.0.len(), 2_099);
+    assert_eq!(
+        one_page.0[&account_row(7, 0, 7).id],
+        account_meta().check_row(account_row(7, 3, 7)).unwrap(),
+        "the last upsert of row 7 wins"
+    );
+    assert_eq!(one_page, row_by_row);
+}
+
 #[tokio::test]
 async fn large_pages_stage_what_small_pages_do() {
     let account = entity("account");
