@@ -461,3 +461,20 @@ async fn a_stop_commits_the_pages_already_read() {
     assert!(matches!(outcome, RunOutcome::Synced { rows: 14, pages: 7, commits: 1 }), "{outcome:?}");
     assert_eq!(staged(&store).await.len(), 20);
 }
+
+#[tokio::test]
+async fn a_slow_source_still_commits_every_commit_interval() {
+    let (source, item) = twenty_rows();
+    // Ten pages, each taking at least 20 ms to read.
+    source.set_latency(Duration::from_millis(20));
+    for (interval, at_least, at_most) in
+        [(Duration::from_millis(50), 2, 10), (Duration::from_secs(3600), 1, 1)]
+    {
+        let config = WorkerConfig { commit_bytes: usize::MAX, commit_interval: interval, ..config() };
+        let (store, stager) = stager_with(source.clone(), config).await;
+        let outcome = stager.sync_entity(&item, None, None).await.unwrap();
+        let RunOutcome::Synced { rows: 20, pages: 10, commits } = outcome else { panic!("{outcome:?}") };
+        assert!((at_least..=at_most).contains(&commits), "interval {interval:?}: {commits} commits");
+        assert_eq!(staged(&store).await.len(), 20);
+    }
+}
