@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use sync_core::filter::{MembershipPlanner, validate_profile};
 use sync_core::org::EntityStatus;
@@ -842,7 +843,7 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
     let graves: bool = tx
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM _sync_graves WHERE eid = ?1)")?
         .query_row([eid], |r| r.get(0))?;
-    let upserts = in_storage_order(&tx, &table, upserts)?;
+    let (upserts, staged_rids) = in_storage_order(&tx, &table, upserts)?;
     std::thread::scope(|scope| -> R<()> {
         let mut rows = PreparedRows::start(
             scope,
@@ -852,6 +853,7 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
         let mut update = tx.prepare_cached(table.update())?;
         let mut delete = tx.prepare_cached(table.delete())?;
         let mut lookup = tx.prepare_cached(table.select_by_key())?;
+        let mut lookup_rid = tx.prepare_cached(table.select_by_rid())?;
         let mut try_insert = tx.prepare_cached(&table.insert_new_sql())?;
         let mut take_grave =
             tx.prepare_cached("DELETE FROM _sync_graves WHERE eid = ?1 AND key = ?2 RETURNING parts")?;
@@ -861,9 +863,12 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
         )?;
         let mut pids = Vec::new();
         let mut updating = false;
+        // The staged row numbers `in_storage_order` found, row by row.
+        let mut staged_rids = staged_rids.into_iter();
         while let Some(chunk) = rows.next() {
             let chunk = chunk?;
             for (row, keys) in &chunk {
+                let staged_rid = staged_rids.next().flatten();
                 pids.clear();
                 for key in keys {
                     pids.push(writer.pid(key)?);
@@ -900,8 +905,14 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
                 // A page is usually all new rows (an initial read) or mostly
                 // staged ones (changes): start with the insert while rows turn
                 // out new, with the lookup while they turn out staged.
-                let mut found = None;
-                if updating && let Some(key) = table.canonical_key(&row.id) {
+                let mut found = match staged_rid {
+                    Some(rid) => table.probe(&mut lookup_rid, SqlValue::Integer(rid), row)?,
+                    None => None,
+                };
+                if found.is_none()
+                    && updating
+                    && let Some(key) = table.canonical_key(&row.id)
+                {
                     found = table.probe(&mut lookup, key, row)?;
                 }
                 if found.is_none() {
@@ -984,18 +995,21 @@ pub(crate) fn apply_changes(conn: &mut Connection, entity: &EntityName, page: Ch
 const ORDER_SAMPLE: usize = 64;
 
 /// A page's upserts in the order of the staged rows' numbers, rows not
-/// staged last and in page order, when the first rows sampled are mostly
-/// staged (changes rather than an initial read); otherwise as they came.
+/// staged last and in page order, each with its number where it is
+/// staged, when the first rows sampled are mostly staged (changes rather
+/// than an initial read); otherwise as they came, with no numbers.
 ///
 /// Rows are numbered as they are first staged, so a change feed in random
 /// key order updates table pages, and the version index entries it
 /// replaces, scattered: a large page in row order visits each database
-/// page once, in storage order, instead of again and again. The order is a
-/// hint only: the staging loop looks every row up again. It keeps the
-/// relative order of upserts of one row, so the last still wins.
-fn in_storage_order(tx: &Connection, table: &Table, upserts: Vec<Row>) -> R<Vec<Row>> {
+/// page once, in storage order, instead of again and again. The order
+/// keeps the relative order of upserts of one row, so the last still
+/// wins. A number stays right for the whole page: upserts neither delete
+/// rows nor renumber them (a row staged in the page takes a new number,
+/// and has none here).
+fn in_storage_order(tx: &Connection, table: &Table, upserts: Vec<Row>) -> R<(Vec<Row>, Vec<Option<i64>>)> {
     if upserts.len() < 2 {
-        return Ok(upserts);
+        return Ok((upserts, Vec::new()));
     }
     let mut stmt = tx.prepare_cached(table.rid_by_key())?;
     let mut rids = Vec::with_capacity(upserts.len());
@@ -1008,16 +1022,17 @@ fn in_storage_order(tx: &Connection, table: &Table, upserts: Vec<Row>) -> R<Vec<
             None => None,
         };
         staged += usize::from(rid.is_some());
-        rids.push(rid.unwrap_or(i64::MAX));
+        rids.push(rid);
         let sampled = i + 1;
         if (sampled == ORDER_SAMPLE || sampled == upserts.len()) && staged * 2 < sampled {
-            return Ok(upserts);
+            return Ok((upserts, Vec::new()));
         }
     }
     let mut order: Vec<usize> = (0..upserts.len()).collect();
-    order.sort_by_key(|&i| rids[i]);
+    order.sort_by_key(|&i| rids[i].unwrap_or(i64::MAX));
     let mut slots: Vec<Option<Row>> = upserts.into_iter().map(Some).collect();
-    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+    let rows = order.iter().filter_map(|&i| slots[i].take()).collect();
+    Ok((rows, order.into_iter().map(|i| rids[i]).collect()))
 }
 
 /// Writes the membership ops of one row changing at `seq` from `previous`
@@ -1702,14 +1717,17 @@ mod tests {
             with_id("8", 4),
             with_id("9", 9),
         ];
-        let ordered = in_storage_order(&conn, &table, page).unwrap();
+        let (ordered, rids) = in_storage_order(&conn, &table, page).unwrap();
         assert_eq!(ids(&ordered), ["5", "03", "8", "8", "9", "0", "12", "11"]);
+        assert_eq!(rids, [Some(1), Some(2), Some(3), Some(3), Some(5), Some(6), None, None]);
         assert_eq!(ordered[2].get("owner"), Some(&Value::from("u2")), "row 8's first upsert stays first");
         assert_eq!(ordered[3].get("owner"), Some(&Value::from("u1")));
         // Mostly new rows (an initial read): the page as it came.
         let page =
             vec![with_id("20", 0), with_id("8", 8), with_id("21", 1), with_id("3", 3), with_id("22", 2)];
         let as_came = ids(&page);
-        assert_eq!(ids(&in_storage_order(&conn, &table, page).unwrap()), as_came);
+        let (left, rids) = in_storage_order(&conn, &table, page).unwrap();
+        assert_eq!(ids(&left), as_came);
+        assert!(rids.is_empty());
     }
 }

@@ -364,6 +364,11 @@ impl Table {
         &self.select_by_key
     }
 
+    /// `SELECT` of every column of the row numbered `?1` (for [`Table::probe`]).
+    pub(crate) fn select_by_rid(&self) -> &str {
+        &self.select_by_rid
+    }
+
     /// `SELECT` of the row number of the row whose stored key is `?1`.
     pub(crate) fn rid_by_key(&self) -> &str {
         &self.rid_by_key
@@ -379,7 +384,8 @@ impl Table {
     }
 
     /// What an upsert needs of the staged row with the stored key `key`
-    /// (a statement from [`Table::select_by_key`]): its number, version and
+    /// (a statement from [`Table::select_by_key`]), or numbered `key` (one
+    /// from [`Table::select_by_rid`]): its number, version and
     /// membership references, and whether `row` (checked) would leave it
     /// unchanged. Values are compared in their stored form, so nothing is
     /// decoded; a stored value in another form than this crate writes (an
