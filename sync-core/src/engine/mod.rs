@@ -1,6 +1,6 @@
 //! The workers: provisioning and staging sync, and a runner for both.
 //!
-//! Both consume a [`WorkQueue`](crate::WorkQueue) with at-least-once
+//! Both consume a [`WorkQueue`] with at-least-once
 //! delivery, so both are idempotent: handling a message twice leaves the same
 //! staged state as handling it once.
 
@@ -39,8 +39,10 @@ pub struct WorkerConfig {
     /// row wins) until they reach this size, then commits them with the
     /// last page's token while it reads the next page. A commit rewrites
     /// every database page it touched, so larger transactions write far
-    /// less; the price is memory (about this much, a few times over, as
-    /// rows in memory), rows becoming visible later, and that a page the
+    /// less; the price is memory (rows take several times their JSON size
+    /// in memory: CRM-like rows about 1.1 KB for 185 bytes of JSON, so the
+    /// default holds about 100 MB per running stager), rows becoming
+    /// visible later, and that a page the
     /// store rejects fails its whole batch (nothing of the batch is
     /// staged; the run's error says why). At least one page goes in each
     /// transaction; 0 commits every page on its own.

@@ -7,7 +7,7 @@
 //! Operators `eq ne gt ge lt le and or not in`; literals for strings
 //! (`'O''Brien'`), numbers, booleans, `null`, datetimes
 //! (`2024-01-31T12:00:00Z`) and GUIDs; parameters `@user.id` and
-//! `@user.<claim>` taken from the [`Principal`].
+//! `@user.<claim>` taken from the [`Principal`](crate::Principal).
 //!
 //! **Parameters** may appear only as `column eq @param` in the top-level
 //! conjunction. That rule is what lets membership be computed when a row
