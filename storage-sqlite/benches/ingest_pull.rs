@@ -26,28 +26,26 @@
 //! Scenario: CRM-like `account` rows (uuid key + 8 typed columns); profile
 //! `sales` with item `active` (`statecode eq 0`, 90 % of rows) and item
 //! `mine` (`ownerid eq @user.id`, one partition per owner).
-//! * ingest: the store stages every row through `apply_changes` in pages
-//!   made before timing (rows + membership of both items + checksums +
-//!   token per page), then copies its WAL back into the database file
-//!   (`SqliteStagingStore::checkpoint`); raw rusqlite upserts the same rows
-//!   with one prepared statement in one transaction into a table with an
-//!   indexed version column, and its commit copies its WAL back (SQLite's
-//!   autocheckpoint, and a last passive checkpoint). Both timings end with
-//!   every row in the database file, and no pull overlaps a copy still
-//!   running.
-//! * update: every row again with changed values (owners and states move),
-//!   in random order; same comparison.
-//! * A second reference for both: raw rusqlite committing every change page
-//!   (a transaction per `SQLITE_BENCH_PAGE` rows, in a database of its own),
-//!   as the store commits each page with its token. The goal is set against
-//!   the single transaction; this line shows what the per-page commit costs.
-//! * through the staging worker: the same new rows, then the same updates,
-//!   into a second org by `StagingSync::sync_entity`, from a source that
-//!   hands out pages made before timing, of the worker's default page size
-//!   (1,000 rows). The worker merges pages into transactions of up to
-//!   `commit_bytes` (its default, or `SQLITE_BENCH_COMMIT_BYTES`) and reads
-//!   the next page while a batch commits; compared with the same raw single
-//!   transaction. This is how rows reach staging in a deployment.
+//! * ingest (the first lines): the rows reach staging as they do in a
+//!   deployment, through the staging worker: `StagingSync::sync_entity`
+//!   reads them from a source that hands out pages made before timing, of
+//!   the worker's default page size (1,000 rows), merges pages into
+//!   transactions of up to `commit_bytes` (its default, or
+//!   `SQLITE_BENCH_COMMIT_BYTES`) and reads the next page while a batch
+//!   commits (rows + membership of both items + checksums + token per
+//!   transaction); then the store copies its WAL back into the database
+//!   file (`SqliteStagingStore::checkpoint`). Raw rusqlite upserts the same
+//!   rows with one prepared statement in one transaction into a table with
+//!   an indexed version column, and its commit copies its WAL back
+//!   (SQLite's autocheckpoint, and a last passive checkpoint). Both timings
+//!   end with every row in the database file, and no pull overlaps a copy
+//!   still running. New rows first, then every row again with changed
+//!   values (owners and states move), in random order.
+//! * apply_changes: the store alone, in another org, handed the same rows
+//!   in pages of `SQLITE_BENCH_PAGE` rows, each its own transaction;
+//!   beside the same raw single transaction, and beside raw rusqlite
+//!   committing every `SQLITE_BENCH_PAGE` rows (in a database of its own),
+//!   which shows what a commit per page costs.
 //! * pull: one user pulls `active` and `mine` from the start in pages, rows
 //!   decoded into typed values; raw rusqlite scans the table ordered by the
 //!   indexed version column, reading every column into owned values. Reads
@@ -540,7 +538,12 @@ fn main() {
     assert_eq!(raw_scan_updated.rows, n);
     drop((raw, raw_paged, staging, stager, store));
 
-    println!();
+    println!(
+        "\ningest through the staging worker: source pages of {worker_page} rows, transactions of up to {} MiB \
+         ({worker_ingest_commits} and {worker_update_commits} of them); apply_changes: the store alone, handed \
+         pages of {page} rows, each its own transaction",
+        worker.commit_bytes >> 20
+    );
     println!(
         "{:<40} {:>11} {:>11} {:>6}   {:>11} {:>11} {:>6}",
         "", "store", "raw", "ratio", "store/cpu", "raw/cpu", "ratio"
@@ -554,30 +557,26 @@ fn main() {
             oc / rc
         );
     };
-    line("ingest, new rows (rows/s)", &ours_ingest, &raw_ingest);
-    line("ingest, updates in random order", &ours_update, &raw_update);
+    line("ingest, new rows (rows/s)", &worker_ingest, &raw_ingest);
+    line("ingest, updates in random order", &worker_update, &raw_update);
+    line("apply_changes, new rows", &ours_ingest, &raw_ingest);
+    line("apply_changes, updates in random order", &ours_update, &raw_update);
     line(&format!("pull, active + mine ({} rows)", pull_fresh.rows), &pull_fresh, &raw_scan_fresh);
     line(&format!("pull, active only ({} rows)", pull_active.rows), &pull_active, &raw_scan_fresh);
     line(&format!("pull after updates ({} rows)", pull_updated.rows), &pull_updated, &raw_scan_updated);
+    println!("\napply_changes beside raw rusqlite committing every {page} rows, as the store then commits:");
+    line("apply_changes, new rows", &ours_ingest, &raw_paged_ingest);
+    line("apply_changes, updates in random order", &ours_update, &raw_paged_update);
     println!(
-        "\nbeside raw rusqlite committing every {page} rows, as the store commits each change page with its token:"
-    );
-    line("ingest, new rows (rows/s)", &ours_ingest, &raw_paged_ingest);
-    line("ingest, updates in random order", &ours_update, &raw_paged_update);
-    println!(
-        "\nthrough the staging worker (source pages of {worker_page} rows, transactions of up to {} MiB: \
-         {worker_ingest_commits} and {worker_update_commits}), beside the raw single transaction:",
-        worker.commit_bytes >> 20
-    );
-    line("ingest, new rows (rows/s)", &worker_ingest, &raw_ingest);
-    line("ingest, updates in random order", &worker_update, &raw_update);
-    println!(
-        "\nwall: raw insert {:.2?}, update {:.2?}, scan {:.2?} / {:.2?}; store ingest {:.2?}, update {:.2?}, \
-         pull {:.2?} / {:.2?} / {:.2?}; raw committing every {page} rows: insert {:.2?}, update {:.2?}",
+        "\nwall: raw insert {:.2?}, update {:.2?}, scan {:.2?} / {:.2?}; worker new {:.2?}, update {:.2?}; \
+         apply_changes new {:.2?}, update {:.2?}, pull {:.2?} / {:.2?} / {:.2?}; raw committing every {page} rows: \
+         insert {:.2?}, update {:.2?}",
         raw_ingest.wall,
         raw_update.wall,
         raw_scan_fresh.wall,
         raw_scan_updated.wall,
+        worker_ingest.wall,
+        worker_update.wall,
         ours_ingest.wall,
         ours_update.wall,
         pull_fresh.wall,
@@ -588,7 +587,7 @@ fn main() {
     );
     let mib = |p: &Phase| p.written as f64 / f64::from(1 << 20);
     println!(
-        "written (MiB, WAL and checkpoints): raw insert {:.0}, update {:.0}; store ingest {:.0}, update {:.0}; \
+        "written (MiB, WAL and checkpoints): raw insert {:.0}, update {:.0}; apply_changes new {:.0}, update {:.0}; \
          raw committing every {page} rows: insert {:.0}, update {:.0}; through the worker: insert {:.0}, \
          update {:.0}",
         mib(&raw_ingest),
