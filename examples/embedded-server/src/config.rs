@@ -104,7 +104,7 @@ impl Default for Http {
     }
 }
 
-/// Worker counts.
+/// Worker counts, and how the staging workers read and commit.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Workers {
@@ -112,6 +112,28 @@ pub struct Workers {
     pub provisioners: usize,
     /// Staging-sync workers.
     pub stagers: usize,
+    /// Rows asked of a source per change page
+    /// ([`WorkerConfig::page_size`](sync_core::engine::WorkerConfig::page_size)).
+    pub page_size: usize,
+    /// Most change data staged in one transaction, in bytes of row JSON;
+    /// 0 commits every page on its own
+    /// ([`WorkerConfig::commit_bytes`](sync_core::engine::WorkerConfig::commit_bytes)).
+    pub commit_bytes: usize,
+    /// Longest read pages wait for more before they are committed
+    /// ([`WorkerConfig::commit_interval`](sync_core::engine::WorkerConfig::commit_interval)).
+    pub commit_interval_ms: u64,
+}
+
+impl Workers {
+    /// The staging workers' settings.
+    pub fn worker_config(&self) -> sync_core::engine::WorkerConfig {
+        sync_core::engine::WorkerConfig {
+            page_size: self.page_size,
+            commit_bytes: self.commit_bytes,
+            commit_interval: std::time::Duration::from_millis(self.commit_interval_ms),
+            ..sync_core::engine::WorkerConfig::default()
+        }
+    }
 }
 
 /// The demo CRM.
@@ -160,7 +182,14 @@ impl Default for Config {
 
 impl Default for Workers {
     fn default() -> Self {
-        Workers { provisioners: 1, stagers: 2 }
+        let worker = sync_core::engine::WorkerConfig::default();
+        Workers {
+            provisioners: 1,
+            stagers: 2,
+            page_size: worker.page_size,
+            commit_bytes: worker.commit_bytes,
+            commit_interval_ms: u64::try_from(worker.commit_interval.as_millis()).unwrap_or(u64::MAX),
+        }
     }
 }
 
@@ -264,6 +293,9 @@ impl Config {
                 "workers.provisioners and workers.stagers must be at least 1".into(),
             ));
         }
+        if self.workers.page_size == 0 {
+            return Err(ConfigError::Invalid("workers.page_size must be at least 1".into()));
+        }
         if let transport_http::MetricsAccess::Role(role) = &self.http.metrics
             && role.trim().is_empty()
         {
@@ -306,5 +338,20 @@ mod tests {
         assert_eq!(c.http.metrics, transport_http::MetricsAccess::Role("ops".into()));
         let c: Config = toml::from_str("[http]\nmetrics = \"off\"\n").unwrap();
         assert_eq!(c.http.metrics, transport_http::MetricsAccess::Off);
+    }
+
+    #[test]
+    fn the_staging_workers_take_their_settings_from_the_file() {
+        let example: Config = toml::from_str(include_str!("../embedded-server.example.toml")).unwrap();
+        assert_eq!(example.workers.worker_config(), sync_core::engine::WorkerConfig::default());
+        let c: Config =
+            toml::from_str("[workers]\npage_size = 5000\ncommit_bytes = 0\ncommit_interval_ms = 250\n")
+                .unwrap();
+        let w = c.workers.worker_config();
+        assert_eq!((w.page_size, w.commit_bytes), (5000, 0));
+        assert_eq!(w.commit_interval, std::time::Duration::from_millis(250));
+        let bad: Config = toml::from_str("[workers]\npage_size = 0\n").unwrap();
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("workers.page_size"), "{err}");
     }
 }

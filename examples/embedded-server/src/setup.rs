@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sync_core::engine::{SourceCache, TombstoneJanitor, WorkerConfig, WorkerRunner, WorkerSet};
+use sync_core::engine::{SourceCache, TombstoneJanitor, WorkerRunner, WorkerSet};
 use sync_core::memory::MemoryConnector;
 use sync_core::principal::OPERATOR_ROLE;
 use sync_core::{
@@ -256,7 +256,7 @@ pub async fn run_on(
         store.clone(),
         queue.clone(),
         sources,
-        WorkerConfig::default(),
+        config.workers.worker_config(),
         WorkerSet { provisioners: config.workers.provisioners, stagers: config.workers.stagers },
     );
     if config.demo.enabled {
