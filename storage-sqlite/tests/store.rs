@@ -460,17 +460,6 @@ async fn invalid_pages_change_nothing() {
 /// Large pages are checked and planned on a thread beside the writer;
 /// what they stage must not differ from the same rows in small pages, and
 /// a bad row anywhere in one must still change nothing.
-/// `rows` in a fixed scattered order.
-fn shuffle_rows(rows: &mut [Row]) {
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    for i in (1..rows.len()).rev() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        rows.swap(i, (seed % (i as u64 + 1)) as usize);
-    }
-}
-
 #[tokio::test]
 async fn a_page_of_changes_is_staged_in_row_order_and_its_last_upsert_of_a_row_wins() {
     let account = entity("account");
@@ -479,7 +468,7 @@ async fn a_page_of_changes_is_staged_in_row_order_and_its_last_upsert_of_a_row_w
     // (spelled in capitals first); then row 11 deleted.
     let changed: BTreeSet<u64> = (0..1_500).map(|i| (i * 613) % 2_000).collect();
     let mut changes: Vec<Row> = changed.iter().map(|&i| account_row(i, 1, 7)).collect();
-    shuffle_rows(&mut changes);
+    shuffle(&mut changes, 0x2545_f491_4f6c_dd1d);
     changes.extend((5_000..5_100).map(|i| account_row(i, 0, 7)));
     let mut shouted = account_row(7, 2, 7);
     shouted.id = RowId::new(row_uuid(7).to_string().to_uppercase()).unwrap();

@@ -103,6 +103,16 @@ pub fn account_row(i: u64, generation: u64, owners: u64) -> Row {
     )
 }
 
+/// Shuffles `v` in place, the same way for the same `seed` (xorshift).
+pub fn shuffle<T>(v: &mut [T], mut seed: u64) {
+    for i in (1..v.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+}
+
 /// Profile `sales`: item `active` (`statecode eq 0`) and item `mine`
 /// (`ownerid eq @user.id`, one partition per owner).
 pub fn sales_profile() -> Profile {
